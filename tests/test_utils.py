@@ -1,0 +1,80 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from config import Config, explicit_flags, build_parser, parse_config
+from utils.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from utils.distributed import gather_predictions
+from utils.metrics import classification_report, topk_correct, write_report
+
+
+def test_checkpoint_roundtrip_under_weights_only(tmp_path):
+    torch.manual_seed(0)
+    state = {"model": {"w": torch.randn(3)}, "config": Config().to_dict(), "rng": capture_rng_state(),
+             "class_names": ["a", "b"], "epoch": 3}
+    path = tmp_path / "run" / "last.pth"
+    save_checkpoint(state, path)
+    loaded = load_checkpoint(path)  # weights_only=True inside
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
+    assert Config.from_dict(loaded["config"]) == Config()
+    assert [p.name for p in path.parent.iterdir()] == ["last.pth"]  # no temp file left behind
+
+
+def test_rng_state_restores_torch_numpy_python():
+    state = capture_rng_state()
+    first = (torch.rand(2), np.random.rand(2), random.random())
+    restore_rng_state(state)
+    second = (torch.rand(2), np.random.rand(2), random.random())
+    assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1]) and first[2] == second[2]
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.pth"
+    save_checkpoint({"model": {}, "config": {}, "v": 1}, path)
+    with pytest.raises(Exception):
+        save_checkpoint({"model": {}, "config": {}, "bad": lambda: 0}, path)  # not picklable
+    assert load_checkpoint(path)["v"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_load_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_checkpoint(tmp_path / "missing.pth")
+    bad = tmp_path / "garbage.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="garbage.pth"):
+        load_checkpoint(bad)
+    weights = tmp_path / "weights.pth"
+    torch.save({"fc.weight": torch.zeros(1)}, weights)
+    with pytest.raises(RuntimeError, match="--pretrained"):
+        load_checkpoint(weights)
+
+
+def test_explicit_flags_lists_only_typed_options():
+    argv = ["--epochs", "4", "-b", "8", "--aug", "--image_size", "28", "28"]
+    assert explicit_flags(build_parser(), argv) == {"epochs", "batch_size", "aug", "image_size"}
+    cfg, explicit = parse_config(argv)
+    assert cfg.epochs == 4 and cfg.batch_size == 8 and cfg.aug and cfg.image_size == [28, 28]
+
+
+def test_gather_predictions_drops_sampler_padding_single_process():
+    idx = torch.tensor([3, 0, 2, 1, 0])  # index 0 repeated, as DistributedSampler padding does
+    logits = torch.arange(10.0).view(5, 2)
+    unique, gathered = gather_predictions(idx, logits)
+    assert unique.tolist() == [0, 1, 2, 3]
+    assert gathered[:, 0].tolist() == [2.0, 6.0, 4.0, 0.0]
+
+
+def test_topk_and_report(tmp_path):
+    logits = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.2, 0.7], [0.5, 0.4, 0.1], [0.2, 0.3, 0.5]])
+    targets = torch.tensor([0, 2, 1, 1])
+    assert topk_correct(logits, targets, ks=(1, 2, 5)) == {1: 2, 2: 4, 5: 4}
+    report = classification_report(logits.numpy(), targets.numpy(), ["a", "b", "c"])
+    assert report["top1"] == 50.0 and report["top5"] == 100.0
+    assert report["confusion_matrix"] == [[1, 0, 0], [1, 0, 1], [0, 0, 1]]
+    assert report["per_class"]["c"]["precision"] == 0.5 and report["per_class"]["b"]["recall"] == 0.0
+    paths = write_report(report, ["a", "b", "c"], tmp_path)
+    assert all(p.stat().st_size > 0 for p in paths)
+    assert (tmp_path / "confusion_matrix.csv").read_text().splitlines()[2] == "b,1,0,1"

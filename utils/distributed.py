@@ -1,0 +1,154 @@
+"""Everything about processes and ranks. The only module that imports torch.distributed.
+
+torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; a plain ``python main.py`` has none of them and runs as a
+world of one through the same code path.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Initialise the process group from torchrun's environment (nccl with CUDA, gloo without).
+
+    ``device`` is "auto" (CUDA when available), "cpu" or "cuda". Under torchrun on CPU the cores are split
+    between the local processes, otherwise two processes on two cores run slower than one.
+    """
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but CUDA is not available; use --device cpu")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        if local_world > 1 and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """Wrap in DistributedDataParallel when the world has more than one process."""
+    if not info.is_distributed:
+        return model
+    device_ids = [info.local_rank] if info.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few scalars over all ranks (one collective, so metrics cost one sync per epoch)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if is_dist():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate a tensor whose first dimension differs between ranks, in rank order."""
+    if not is_dist():
+        return tensor
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(get_world_size())]
+    dist.all_gather(sizes, size)
+    max_size = int(max(s.item() for s in sizes))
+    padded = tensor.new_zeros((max_size, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes)])
+
+
+def gather_predictions(indices: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """All-gather per-sample results and return them sorted by dataset index, each sample exactly once.
+
+    DistributedSampler pads the last shard with repeated samples so every rank gets the same count; those
+    repeats are dropped here, so metrics equal a single-process run whatever the world size.
+    """
+    all_indices = all_gather_tensor(indices)
+    gathered = [all_gather_tensor(t) for t in tensors]
+    unique, first = _first_occurrence(all_indices)
+    return (unique, *(g[first] for g in gathered))
+
+
+def _first_occurrence(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.argsort(indices, stable=True)
+    sorted_idx = indices[order]
+    keep = torch.ones_like(sorted_idx, dtype=torch.bool)
+    keep[1:] = sorted_idx[1:] != sorted_idx[:-1]
+    return sorted_idx[keep], order[keep]
+
+
+def broadcast_object(obj: object) -> object:
+    """Send a picklable object from rank 0 to every rank (e.g. the run name chosen on rank 0)."""
+    if not is_dist():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running stats) to every rank.
+
+    DDP broadcasts buffers before each forward, but the last training forward then updates them locally, so
+    without this every rank would evaluate with slightly different statistics.
+    """
+    if is_dist():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)

@@ -21,7 +21,8 @@ def evaluate(cfg: Config, explicit: set[str]) -> dict:
         cfg, ckpt = resolve_config(cfg, explicit)
         class_names = ckpt["class_names"]
         dataset = build_split_dataset(cfg.data, cfg.split, image_size=tuple(cfg.image_size),
-                                      class_names=class_names)
+                                      class_names=class_names, val_ratio=cfg.val_ratio,
+                                      seed=cfg.seed)
         loader = build_loader(dataset, batch_size=cfg.batch_size, workers=cfg.workers, train=False, seed=cfg.seed,
                               rank=info.rank, world_size=info.world_size, pin_memory=info.device.type == "cuda")
         model = model_from_checkpoint(ckpt, cfg, info.device)

@@ -84,7 +84,7 @@ def sample_images(cfg: Config, class_names: list[str], count: int = 16) -> torch
     for split in (cfg.split, "test", "val", "train"):
         try:
             dataset = build_split_dataset(cfg.data, split, image_size=tuple(cfg.image_size),
-                                          class_names=class_names)
+                                          class_names=class_names, val_ratio=cfg.val_ratio, seed=cfg.seed)
         except (FileNotFoundError, ValueError) as exc:
             errors.append(f"{split}: {exc}")
             continue

@@ -55,6 +55,9 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
         raise ValueError(f"--num_classes {cfg.num_classes} but {cfg.data} has {len(class_names)} classes "
                          f"({', '.join(class_names[:10])}...); drop --num_classes or fix the data")
     cfg.num_classes = len(class_names)
+    if splits.val is None:
+        raise ValueError(f"{cfg.data} has no val split and --val_ratio is {cfg.val_ratio}; add a val/ folder or "
+                         "val.csv, or pass --val_ratio 0.1 to validate on a stratified share of train")
     loader_args = dict(batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed, rank=info.rank,
                        world_size=info.world_size, pin_memory=info.device.type == "cuda")
     train_loader = build_loader(splits.train, train=True, **loader_args)

@@ -19,8 +19,8 @@ from dataloader import build_datasets, build_loader
 from models import build_model
 from optim import build_optimizer, build_scheduler, param_groups
 from utils.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
-from utils.distributed import (DistInfo, broadcast_buffers, broadcast_object, cleanup_distributed, init_distributed, reduce_sum,
-                               unwrap, wrap_ddp)
+from utils.distributed import (DistInfo, broadcast_buffers, broadcast_object, cleanup_distributed,
+                               init_distributed, reduce_sum, wrap_ddp)
 from utils.logger import RunRecorder, setup_logging
 from utils.metrics import topk_correct
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, like `cd demos`
-from dataloader.preprocess import Preprocessing, load_image_tensor
-from dataloader.datasets import IMAGE_EXTENSIONS  # noqa: E402
+from dataloader.preprocess import IMAGE_EXTENSIONS, Preprocessing, load_image_tensor  # noqa: E402
 
 
 def load_exported(path: str | Path) -> tuple[torch.jit.ScriptModule, list[str], Preprocessing]:

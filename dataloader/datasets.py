@@ -1,0 +1,378 @@
+"""Split discovery, the image dataset, the epoch-aware sampler and the DataLoader factory.
+
+Data layouts under a data root (see data/README.md):
+
+- folders: ROOT/{train,val,test}/<class>/<file>  (class = directory name, sorted; nested folders allowed)
+- CSV:     ROOT/{train,val,test}.csv with header `filename,label` (filename relative to ROOT, label = class name)
+
+If both exist for a split, the folder wins. Class names come from train; val/test may only use those classes.
+Without a val split, a fixed stratified `val_ratio` share of train (seeded) becomes val.
+
+Reproducibility: the sampler yields `(index, epoch)` keys and the dataset seeds its augmentation with
+`np.random.default_rng([seed, epoch, index])`, so every augmented image is a pure function of
+(seed, epoch, index): independent of worker count, rank and resume point.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from dataloader.preprocess import IMAGE_EXTENSIONS, decode_image, letterbox_resize, to_chw_uint8
+
+SPLITS = ("train", "val", "test")
+
+# Light geometric augmentation; small enough that letterboxed objects stay inside the frame.
+AUG_MAX_ROTATION_DEG = 10.0
+AUG_SCALE_RANGE = (0.9, 1.1)
+AUG_MAX_TRANSLATE = 0.05  # fraction of width / height
+
+Sample = tuple[str, str]  # (absolute path, class name)
+
+
+def _as_size(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    if len(image_size) == 1:
+        return (int(image_size[0]), int(image_size[0]))
+    return (int(image_size[0]), int(image_size[1]))
+
+
+def is_image_file(name: str) -> bool:
+    """True for non-hidden files with a known image extension (case-insensitive)."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# split discovery
+
+
+def _scan_folder(split_dir: str, split: str) -> list[Sample]:
+    """ImageFolder-style scan: one sub-directory per class, images anywhere below it, sorted paths."""
+    samples: list[Sample] = []
+    class_dirs = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    for class_name in class_dirs:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(os.path.join(split_dir, class_name), followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            found += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f)]
+        if not found and split == "train":
+            raise FileNotFoundError(
+                f"class folder '{os.path.join(split_dir, class_name)}' has no images "
+                f"(extensions {', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder"
+            )
+        samples += [(path, class_name) for path in found]
+    return samples
+
+
+def _read_csv(csv_path: str, data_root: str) -> list[Sample]:
+    """Read `filename,label` rows; filenames are relative to the data root and must exist."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"filename", "label"} <= {n.strip() for n in reader.fieldnames}:
+            raise ValueError(f"{csv_path}: expected a header line 'filename,label', got {reader.fieldnames}")
+        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    samples = [(os.path.join(data_root, r["filename"]), r["label"]) for r in rows if r["filename"]]
+    empty_labels = [path for path, label in samples if not label]
+    if empty_labels:
+        raise ValueError(f"{csv_path}: {len(empty_labels)} rows have an empty label, e.g. {empty_labels[0]}")
+    missing = [path for path, _ in samples if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(
+            f"{csv_path}: {len(missing)} listed files do not exist, e.g. {missing[:3]} "
+            f"(filenames must be relative to the data root {data_root})"
+        )
+    return samples
+
+
+def discover_split(data_root: str, split: str) -> tuple[list[Sample], str] | None:
+    """Samples of one split and where they came from ('folder' or 'csv'); None when the split is absent.
+
+    A folder without any image does not hide a CSV list; with neither, an empty folder gives an empty list.
+    """
+    split_dir = os.path.join(data_root, split)
+    if os.path.isdir(split_dir):
+        samples = _scan_folder(split_dir, split)
+        if samples:
+            return samples, "folder"
+    csv_path = os.path.join(data_root, f"{split}.csv")
+    if os.path.isfile(csv_path):
+        return _read_csv(csv_path, data_root), "csv"
+    if os.path.isdir(split_dir):
+        return [], "folder"
+    return None
+
+
+def _expected_layout(data_root: str) -> str:
+    return (
+        f"expected either {data_root}/train/<class>/<image> (one folder per class; also val/ and test/) "
+        f"or {data_root}/train.csv with header 'filename,label' (filenames relative to {data_root}); "
+        "see data/README.md, or create a demo set with `python -m dataloader.prepare digits --out DIR`"
+    )
+
+
+def _check_classes(samples: list[Sample], class_names: list[str], split: str, data_root: str) -> None:
+    known = set(class_names)
+    unknown = sorted({label for _, label in samples} - known)
+    if unknown:
+        example = next(path for path, label in samples if label == unknown[0])
+        raise ValueError(
+            f"split '{split}' under {data_root} has classes not present in train: {unknown} "
+            f"(e.g. {example}); train classes are {class_names}"
+        )
+
+
+def stratified_val_split(labels: list[str], val_ratio: float, seed: int) -> tuple[list[int], list[int]]:
+    """Fixed stratified split of train positions into (train, val) — same inputs, same split, on every rank."""
+    from sklearn.model_selection import train_test_split  # lazy: keeps `import dataloader.preprocess` light
+
+    positions = np.arange(len(labels))
+    try:
+        train_pos, val_pos = train_test_split(
+            positions, test_size=val_ratio, random_state=seed, shuffle=True, stratify=labels
+        )
+    except ValueError as e:
+        counts = Counter(labels)
+        raise ValueError(
+            f"cannot carve a stratified val split (val_ratio={val_ratio}) from {len(labels)} train images "
+            f"with class counts {dict(sorted(counts.items()))}: {e}. Provide a val/ folder or val.csv, "
+            "or change val_ratio (0 disables val)"
+        ) from None
+    return sorted(train_pos.tolist()), sorted(val_pos.tolist())
+
+
+def _discover_all(data_root: str, val_ratio: float, seed: int) -> tuple[dict, list[str], str]:
+    """Samples per split (None where absent), train class names, and a description of where val came from."""
+    data_root = os.path.abspath(os.fspath(data_root))
+    train = discover_split(data_root, "train")
+    if train is None or not train[0]:
+        what = "no train split" if train is None else f"no images in {data_root}/train"
+        raise FileNotFoundError(f"{what} under data root '{data_root}': {_expected_layout(data_root)}")
+    splits: dict[str, list[Sample] | None] = {"train": train[0]}
+    class_names = sorted({label for _, label in train[0]})
+    val_source = "none"
+    for split in ("val", "test"):
+        found = discover_split(data_root, split)
+        splits[split] = found[0] if found and found[0] else None
+        if splits[split] is not None:
+            _check_classes(splits[split], class_names, split, data_root)
+            if split == "val":
+                val_source = found[1]
+    if splits["val"] is None and val_ratio > 0:
+        train_pos, val_pos = stratified_val_split([label for _, label in train[0]], val_ratio, seed)
+        splits["train"] = [train[0][i] for i in train_pos]
+        splits["val"] = [train[0][i] for i in val_pos]
+        val_source = f"stratified {val_ratio:g} of train (seed {seed})"
+    return splits, class_names, val_source
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dataset
+
+
+def random_affine(image: np.ndarray, rng: np.random.Generator, pad_value: int = 0) -> np.ndarray:
+    """Random horizontal flip + light affine (rotation, scale, translation) on a letterboxed HxWx3 uint8 image.
+
+    All random numbers are drawn whether or not they are used, so the stream per (seed, epoch, index) is fixed.
+    """
+    h, w = image.shape[:2]
+    flip = rng.random() < 0.5
+    angle = rng.uniform(-AUG_MAX_ROTATION_DEG, AUG_MAX_ROTATION_DEG)
+    scale = rng.uniform(*AUG_SCALE_RANGE)
+    tx, ty = rng.uniform(-AUG_MAX_TRANSLATE, AUG_MAX_TRANSLATE, size=2) * (w, h)
+    if flip:
+        image = image[:, ::-1]
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
+    matrix[:, 2] += (tx, ty)
+    return cv2.warpAffine(
+        np.ascontiguousarray(image), matrix, (w, h), flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=(pad_value,) * 3,
+    )
+
+
+class ImageClassificationDataset(Dataset):
+    """Items are `(image_uint8_chw, label, index)`; keys are an int index or an `(index, epoch)` tuple.
+
+    Images are decoded and letterboxed to `image_size`; with `aug=True` a flip + light affine follows, seeded by
+    (seed, epoch, index). A plain int key means epoch 0.
+    """
+
+    def __init__(
+        self,
+        samples: list[tuple[str, int]],
+        class_names: list[str],
+        *,
+        image_size: int | tuple[int, int],
+        aug: bool = False,
+        seed: int = 0,
+        pad_value: int = 0,
+    ) -> None:
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0 (numpy seed sequences), got {seed}")
+        self.samples = samples
+        self.targets = [label for _, label in samples]
+        self.class_names = list(class_names)
+        self.image_size = _as_size(image_size)
+        self.aug = aug
+        self.seed = seed
+        self.pad_value = pad_value
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
+        path, label = self.samples[index]
+        image = letterbox_resize(decode_image(path), self.image_size, self.pad_value)
+        if self.aug:
+            rng = np.random.default_rng([self.seed, epoch, index])
+            image = random_affine(image, rng, self.pad_value)
+        return to_chw_uint8(image), label, index
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({len(self)} images, {len(self.class_names)} classes, "
+                f"image_size={self.image_size}, aug={self.aug})")
+
+
+def _make_dataset(samples: list[Sample], class_names: list[str], **kwargs) -> ImageClassificationDataset:
+    to_index = {name: i for i, name in enumerate(class_names)}
+    return ImageClassificationDataset([(p, to_index[c]) for p, c in samples], class_names, **kwargs)
+
+
+@dataclass
+class DataSplits:
+    """Datasets per split (None where absent) and the class names shared by all of them."""
+
+    train: ImageClassificationDataset
+    val: ImageClassificationDataset | None
+    test: ImageClassificationDataset | None
+    class_names: list[str]
+    val_source: str = "none"  # 'folder', 'csv', 'stratified ... of train' or 'none'
+
+
+def build_datasets(
+    data_root: str | os.PathLike,
+    *,
+    image_size: int | tuple[int, int],
+    aug: bool,
+    val_ratio: float,
+    seed: int,
+) -> DataSplits:
+    """Discover train/val/test under `data_root` and build their datasets (augmentation on train only).
+
+    Without a val split, `val_ratio` of train (stratified, fixed by `seed`) becomes val; 0 means no val.
+    """
+    splits, class_names, val_source = _discover_all(os.fspath(data_root), val_ratio, seed)
+    make = {"class_names": class_names, "image_size": image_size, "seed": seed}
+    return DataSplits(
+        train=_make_dataset(splits["train"], aug=aug, **make),
+        val=_make_dataset(splits["val"], **make) if splits["val"] else None,
+        test=_make_dataset(splits["test"], **make) if splits["test"] else None,
+        class_names=class_names,
+        val_source=val_source,
+    )
+
+
+def build_split_dataset(
+    data_root: str | os.PathLike,
+    split: str,
+    *,
+    image_size: int | tuple[int, int],
+    class_names: list[str],
+    val_ratio: float = 0.1,
+    seed: int = 0,
+) -> ImageClassificationDataset:
+    """One split, without augmentation, labelled with `class_names` (e.g. those stored in a checkpoint).
+
+    'train' and 'val' are the same images training used: when val is carved out of train, pass the training
+    run's `val_ratio` and `seed`.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split '{split}'; choose one of {list(SPLITS)}")
+    data_root = os.fspath(data_root)
+    # The test split does not depend on how val is carved out of train; skip that (it can fail on tiny sets).
+    splits, _, _ = _discover_all(data_root, val_ratio if split != "test" else 0.0, seed)
+    if splits[split] is None:
+        raise FileNotFoundError(f"no '{split}' split under '{data_root}': {_expected_layout(data_root)}")
+    _check_classes(splits[split], list(class_names), split, data_root)
+    return _make_dataset(splits[split], class_names=list(class_names), image_size=image_size, seed=seed)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sampler and loader
+
+
+class EpochAwareDistributedSampler(DistributedSampler):
+    """DistributedSampler that yields `(index, epoch)` keys, with explicit rank and world size.
+
+    Shuffling is seeded with seed + epoch (as DistributedSampler). Without shuffle (evaluation) the index list
+    is padded by repeating from the start so every rank gets the same count; the evaluator drops duplicates
+    by index.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        num_replicas: int,
+        rank: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=drop_last)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((int(index), epoch) for index in super().__iter__())
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Each loader worker is already one process per core; OpenCV's own thread pool would oversubscribe.
+    cv2.setNumThreads(1)
+
+
+def build_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    workers: int,
+    train: bool,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """DataLoader over this rank's shard; call `loader.sampler.set_epoch(epoch)` before each epoch.
+
+    Train: shuffled, and drops the last incomplete batch when the shard holds more than one batch (a tiny
+    last batch gives noisy BatchNorm statistics). Eval: in order, padded to equal shards, nothing dropped.
+    The DataLoader gets its own generator seeded with `seed`, so creating or iterating loaders does not
+    consume the global torch RNG.
+    """
+    sampler = EpochAwareDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=train and len(sampler) > batch_size,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        generator=generator,
+    )
+

@@ -1,0 +1,207 @@
+"""The one place the image preprocessing is defined.
+
+Training, evaluation, the demo and exported models all go through these functions, so a checkpoint's stored
+`Preprocessing` reproduces exactly what the network saw: decode to RGB uint8, letterbox (scale the long side,
+keep the aspect ratio, centre, pad) to the input size, then normalise with mean/std on the device.
+
+This module needs only numpy, OpenCV and torch: the demo imports it without any training code.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_EOI = b"\xff\xd9"
+
+
+@dataclass
+class Preprocessing:
+    """Everything needed to turn an image file into the network input; stored with checkpoints and exports."""
+
+    image_size: tuple[int, int]  # (H, W) of the network input
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pad_value: int = 0
+    channel_order: str = "RGB"
+
+    def __post_init__(self) -> None:
+        # Accept lists (e.g. from JSON) but store tuples so instances compare and hash predictably.
+        self.image_size = tuple(int(v) for v in self.image_size)
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+        self.pad_value = int(self.pad_value)
+        if len(self.image_size) != 2 or min(self.image_size) <= 0:
+            raise ValueError(f"image_size must be two positive ints (H, W), got {self.image_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 values each (std > 0), got mean={self.mean} std={self.std}")
+        if self.channel_order != "RGB":
+            raise ValueError(f"only channel_order='RGB' is supported, got {self.channel_order!r}")
+
+    def to_dict(self) -> dict:
+        """Plain-type dict (lists, ints, floats, str) that survives JSON, torch.save and TorchScript extra files."""
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        """Inverse of `to_dict`; unknown keys are an error so a mismatched checkpoint is not silently misread."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+
+class ImageDecodeError(RuntimeError):
+    """An image file that cannot be turned into pixels; names the file and how to find all such files."""
+
+    def __init__(self, path: str | os.PathLike, reason: str | None = None) -> None:
+        if reason is None:
+            # One-argument form: the full message, as when pickle or a DataLoader worker rebuilds the error.
+            self.path, self.reason = None, None
+            super().__init__(str(path))
+            return
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(
+            f"cannot decode image '{self.path}': {reason}. "
+            "Run `python utils/check_images.py ROOT` on the data root to list (and --move) all bad images."
+        )
+
+
+def truncation_reason(data: bytes | np.ndarray) -> str | None:
+    """Return why encoded PNG/JPEG bytes look truncated, or None.
+
+    OpenCV decodes a JPEG cut short into a half-grey image with only a warning on stderr, so the end markers are
+    checked explicitly. Other formats are left to the decoder.
+    """
+    head = bytes(data[:8])
+    tail = bytes(data[-64:])
+    if head.startswith(_PNG_SIGNATURE) and not tail.endswith(_PNG_IEND):
+        return "truncated PNG (file does not end with the IEND chunk)"
+    if head.startswith(_JPEG_SOI):
+        # Some writers pad the end with zero bytes after the EOI marker; that is harmless.
+        if not tail.rstrip(b"\x00").endswith(_JPEG_EOI):
+            return "truncated JPEG (no end-of-image marker FFD9 at the end of the file)"
+    return None
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """Scale any decoded depth to uint8 (16-bit by 1/257, float assumed in [0, 1])."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if image.dtype in (np.float16, np.float32, np.float64):
+        return np.clip(np.rint(image.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    raise ValueError(f"unsupported pixel type {image.dtype}")
+
+
+def _to_rgb(image: np.ndarray) -> np.ndarray:
+    """OpenCV's gray / BGR / BGRA uint8 array to HxWx3 RGB; alpha is composited on black."""
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2))
+    channels = image.shape[2]
+    if channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        alpha = image[:, :, 3:4].astype(np.uint16)
+        # Compositing on black: colour * alpha / 255, rounded. Fully transparent pixels become the pad colour.
+        bgr = ((image[:, :, :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    raise ValueError(f"unsupported channel count {channels}")
+
+
+def decode_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as an HxWx3 uint8 RGB array.
+
+    Handles grayscale, RGBA (composited on black), 16-bit and palette images. Reads through `np.fromfile`
+    because `cv2.imread` cannot open non-ASCII paths on every platform. Raises `ImageDecodeError` for
+    zero-byte, truncated or non-image files (FileNotFoundError for a missing one).
+    """
+    data = np.fromfile(os.fspath(path), dtype=np.uint8)
+    if data.size == 0:
+        raise ImageDecodeError(path, "empty file (0 bytes)")
+    truncated = truncation_reason(data)
+    if truncated:
+        raise ImageDecodeError(path, truncated)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ImageDecodeError(path, "OpenCV cannot decode it (not an image, corrupt, or unsupported format)")
+    try:
+        return _to_rgb(_to_uint8(image))
+    except ValueError as e:
+        raise ImageDecodeError(path, str(e)) from None
+
+
+def letterbox_resize(image: np.ndarray, size: tuple[int, int], pad_value: int = 0) -> np.ndarray:
+    """Scale `image` (HxW or HxWxC) to fit inside `size` = (H, W) keeping its aspect ratio, centre, pad.
+
+    The long side (relative to the target) fills the target; e.g. a 100x50 image into 64x64 becomes 64x32
+    content at columns 16..47. Shrinking uses INTER_AREA (no aliasing), enlarging INTER_LINEAR.
+    """
+    out_h, out_w = int(size[0]), int(size[1])
+    h, w = image.shape[:2]
+    scale = min(out_h / h, out_w / w)
+    new_h = min(out_h, max(1, int(round(h * scale))))
+    new_w = min(out_w, max(1, int(round(w * scale))))
+    if (new_h, new_w) != (h, w):
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+        if image.ndim == 3 and resized.ndim == 2:  # cv2 drops a single channel axis
+            resized = resized[:, :, None]
+    else:
+        resized = image
+    if (new_h, new_w) == (out_h, out_w):
+        return np.ascontiguousarray(resized)
+    canvas = np.full((out_h, out_w) + image.shape[2:], pad_value, dtype=image.dtype)
+    top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
+    canvas[top:top + new_h, left:left + new_w] = resized
+    return canvas
+
+
+def to_chw_uint8(image: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 array to a contiguous uint8 CHW tensor (normalisation happens later, on the device)."""
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise ValueError(f"expected an HxWxC uint8 array, got shape {image.shape} dtype {image.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def normalize_on_device(
+    batch_uint8: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """uint8 NCHW batch (already on its device) to float32 `(x / 255 - mean) / std`.
+
+    Batches travel host-to-device as uint8 (4x less traffic than float) and are normalised here.
+    With `channels_last` the result uses torch.channels_last memory format (same NCHW shape).
+    """
+    if batch_uint8.dtype != torch.uint8 or batch_uint8.ndim != 4:
+        raise ValueError(f"expected a uint8 NCHW batch, got shape {tuple(batch_uint8.shape)} {batch_uint8.dtype}")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = batch_uint8.to(dtype=torch.float32, memory_format=memory_format)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return x.div_(255.0).sub_(mean_t).div_(std_t)
+
+
+def load_image_tensor(path: str | os.PathLike, preprocessing: Preprocessing) -> torch.Tensor:
+    """Decode + letterbox one file into the uint8 CHW tensor the network's input pipeline expects."""
+    image = letterbox_resize(decode_image(path), preprocessing.image_size, preprocessing.pad_value)
+    return to_chw_uint8(image)

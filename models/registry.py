@@ -1,0 +1,105 @@
+"""Model registry and the one factory, `build_model`, that the applications call.
+
+A name resolves in this order:
+  1. our own models, registered here with `@register_model(name)` (e.g. `small_cnn`);
+  2. torchvision classification models by their torchvision name (`resnet18`, `mobilenet_v3_small`...);
+  3. timm models by their timm name (`resnest50d`, `ghostnet_100`...).
+A bare name that exists in both torchvision and timm (resnet50, efficientnet_b0, densenet121...) builds the
+torchvision model; prefix it with `timm/` (`timm/resnet50`) to get timm's.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+
+from torch import nn
+
+from .heads import set_prior_bias
+from .pretrained import load_pretrained
+from .timm_models import TIMM_PREFIX, create_timm_model, is_timm_model, list_timm_models
+from .torchvision_models import create_torchvision_model, list_torchvision_models
+
+ModelFn = Callable[..., nn.Module]
+_model_entrypoints: dict[str, ModelFn] = {}
+SOURCES = ("registry", "torchvision", "timm")
+LIST_HINT = "List all names with: python -c \"import models; print(models.list_models())\" (or a pattern: '*net*')."
+
+
+def register_model(name: str) -> Callable[[ModelFn], ModelFn]:
+    """Decorator registering `fn(*, num_classes, **kwargs) -> nn.Module` under `name`; duplicates are refused."""
+
+    def wrapper(fn: ModelFn) -> ModelFn:
+        if name in _model_entrypoints:
+            raise ValueError(f"Model {name!r} is already registered (by {_model_entrypoints[name].__module__}).")
+        _model_entrypoints[name] = fn
+        return fn
+
+    return wrapper
+
+
+def _names_by_source(source: str) -> list[str]:
+    if source == "registry":
+        return list(_model_entrypoints)
+    if source == "torchvision":
+        return list(list_torchvision_models())
+    if source == "timm":
+        names = list(list_timm_models())
+        # Names torchvision shadows stay reachable through the prefix, so list them that way too.
+        shadowed = set(names) & (set(_model_entrypoints) | set(list_torchvision_models()))
+        return names + [TIMM_PREFIX + n for n in shadowed]
+    raise ValueError(f"Unknown model source {source!r}; choose from {SOURCES}.")
+
+
+def list_models(pattern: str | None = None, *, source: str | None = None) -> list[str]:
+    """Sorted names accepted by `build_model`, optionally filtered by an fnmatch `pattern` and a `source`.
+
+    `source` is one of "registry" (our own models), "torchvision" or "timm"; None lists all of them.
+    """
+    names = {n for s in ([source] if source else SOURCES) for n in _names_by_source(s)}
+    if pattern is not None:
+        names = {n for n in names if fnmatch.fnmatch(n, pattern)}
+    return sorted(names)
+
+
+def _unknown_model_error(name: str) -> ValueError:
+    close = difflib.get_close_matches(name, list_models(), n=5, cutoff=0.6)
+    hint = f" Closest names: {', '.join(close)}." if close else ""
+    return ValueError(f"Unknown model {name!r}.{hint} {LIST_HINT}")
+
+
+def create_model(name: str, *, num_classes: int, **kwargs) -> nn.Module:
+    """Build the bare model `name` with a `num_classes`-way head (no pretrained weights, no prior bias)."""
+    if name in _model_entrypoints:
+        return _model_entrypoints[name](num_classes=num_classes, **kwargs)
+    if name in list_torchvision_models():
+        return create_torchvision_model(name, num_classes=num_classes, **kwargs)
+    if is_timm_model(name.removeprefix(TIMM_PREFIX)):
+        return create_timm_model(name, num_classes=num_classes, **kwargs)
+    raise _unknown_model_error(name)
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    pretrained: str | None = None,
+    prior_bias: float | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build model `name` for `num_classes` classes, optionally from local weights and with a prior bias.
+
+    pretrained: path of a local state dict or checkpoint (see models/pretrained.py); tensors whose shape does
+        not fit (typically the head of a model trained on another class count) are skipped with a warning.
+    prior_bias: probability p in (0, 1); the final layer's bias is set to -log((1 - p) / p) so every class
+        starts at sigmoid probability p ("sample-free" initialisation for sigmoid/BCE training). It is applied
+        before loading weights, so a head that loads from `pretrained` keeps its trained bias.
+    kwargs: passed to the model's builder (e.g. drop_rate for small_cnn and timm models).
+    """
+    assert num_classes >= 1, f"num_classes must be >= 1, got {num_classes}"
+    model = create_model(name, num_classes=num_classes, **kwargs)
+    if prior_bias is not None:
+        set_prior_bias(model, prior_bias)
+    if pretrained is not None:
+        load_pretrained(model, pretrained)
+    return model

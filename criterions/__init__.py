@@ -2,22 +2,13 @@
 ``weight`` is an optional per-sample weight (curriculum learning and distillation rely on it)."""
 from __future__ import annotations
 
-import difflib
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 
-CRITERIONS: dict[str, Callable[..., torch.nn.Module]] = {}
+from utils.registry import Registry
 
-
-def register_criterion(name: str):
-    def wrap(cls):
-        if name in CRITERIONS:
-            raise ValueError(f"criterion {name!r} is already registered")
-        CRITERIONS[name] = cls
-        return cls
-    return wrap
+CRITERIONS = Registry("--criterion")
+register_criterion = CRITERIONS.register
 
 
 def _weighted_mean(per_sample: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -57,8 +48,4 @@ class SigmoidBinaryCrossEntropy(torch.nn.Module):
 
 
 def build_criterion(name: str, *, num_classes: int, label_smoothing: float = 0.0) -> torch.nn.Module:
-    if name not in CRITERIONS:
-        close = difflib.get_close_matches(name, CRITERIONS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown --criterion {name!r}{hint}; choose one of {sorted(CRITERIONS)}")
-    return CRITERIONS[name](num_classes=num_classes, label_smoothing=label_smoothing)
+    return CRITERIONS.get(name)(num_classes=num_classes, label_smoothing=label_smoothing)

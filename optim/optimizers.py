@@ -1,21 +1,14 @@
 """Optimizer registry: each entry turns plain keyword arguments into a torch optimizer."""
 from __future__ import annotations
 
-import difflib
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {}
+from utils.registry import Registry
 
-
-def register_optimizer(name: str):
-    def wrap(fn):
-        if name in OPTIMIZERS:
-            raise ValueError(f"optimizer {name!r} is already registered")
-        OPTIMIZERS[name] = fn
-        return fn
-    return wrap
+OPTIMIZERS = Registry("--optimizer")
+register_optimizer = OPTIMIZERS.register
 
 
 @register_optimizer("adam")
@@ -45,8 +38,4 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(params: Iterable, name: str, *, lr: float, weight_decay: float = 0.0,
                     momentum: float = 0.9) -> torch.optim.Optimizer:
     """Build the named optimizer over ``params`` (tensors or param-group dicts)."""
-    if name not in OPTIMIZERS:
-        close = difflib.get_close_matches(name, OPTIMIZERS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown --optimizer {name!r}{hint}; choose one of {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    return OPTIMIZERS.get(name)(params, lr=lr, weight_decay=weight_decay, momentum=momentum)

@@ -11,16 +11,10 @@ from typing import Callable
 
 import torch
 
-SCHEDULES: dict[str, Callable[..., Callable[[int], float]]] = {}
+from utils.registry import Registry
 
-
-def register_schedule(name: str):
-    def wrap(fn):
-        if name in SCHEDULES:
-            raise ValueError(f"schedule {name!r} is already registered")
-        SCHEDULES[name] = fn
-        return fn
-    return wrap
+SCHEDULES = Registry("--lr_schedule")
+register_schedule = SCHEDULES.register
 
 
 def warmup_step_lambda(epoch: int, *, epochs: int, warmup: int) -> float:
@@ -59,9 +53,8 @@ def _warmup_cosine(*, epochs: int, warmup: int, steps_per_epoch: int) -> Callabl
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, *, epochs: int, warmup: int,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR for the named schedule; call ``scheduler.step()`` after every optimizer step."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown --lr_schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+    make_factor = SCHEDULES.get(name)
     if warmup >= epochs and epochs > 0:
         raise ValueError(f"--warmup ({warmup}) must be smaller than --epochs ({epochs})")
-    factor = SCHEDULES[name](epochs=epochs, warmup=warmup, steps_per_epoch=max(1, steps_per_epoch))
+    factor = make_factor(epochs=epochs, warmup=warmup, steps_per_epoch=max(1, steps_per_epoch))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

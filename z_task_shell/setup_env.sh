@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Create .venv and install requirements.txt (plus test tools with --test). Idempotent: reinstalls only when
-# requirements.txt changed. Source it or run it; the other scripts call it first.
+# Create .venv and install requirements.txt (plus pytest with --test). Idempotent: pip runs again only when
+# the wanted package list changed. The other scripts call it first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
+extra=()
+if [ "${1:-}" = "--test" ]; then extra=("pytest==9.2.0"); fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-want="$(cat requirements.txt; [ "${1:-}" = "--test" ] && echo pytest)"
-stamp=.venv/.installed-$(echo "$want" | sha256sum | cut -c1-16)
+stamp=".venv/.installed-$( (cat requirements.txt; echo "${extra[@]:-}") | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
+  echo "installing requirements into .venv (first run only; torch is large)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.txt
-  [ "${1:-}" = "--test" ] && .venv/bin/python -m pip install -q "pytest>=8,<10"
+  .venv/bin/python -m pip install -q -r requirements.txt "${extra[@]}"
   touch "$stamp"
 fi

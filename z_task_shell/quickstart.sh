@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The newcomer's command: install, prepare the embedded digits data set, train under torchrun with 2 CPU
-# processes (15 epochs of the seed's warmup-step schedule; no --aug: a flipped digit is another digit), evaluate the best checkpoint on the test split, export TorchScript and classify a test image.
+# processes, evaluate the best checkpoint on the test split, export TorchScript and classify a test image.
+# 15 epochs of the seed's warmup-step schedule; no --aug, because a mirrored digit is another digit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash z_task_shell/setup_env.sh

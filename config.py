@@ -21,13 +21,14 @@ class Config:
     aug: bool = False
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    cache_images: str | None = None
     batch_size: int = 128
     workers: int = 2
     # model
     model: str = "small_cnn"
     pretrained: str | None = None
     prior_bias: float | None = None
-    channels_last: bool = False
+    channels_last: bool | None = None
     # optimisation
     criterion: str = "softmax"
     label_smoothing: float = 0.0
@@ -39,7 +40,7 @@ class Config:
     warmup: int = 1
     epochs: int = 10
     stop_epoch: int | None = None
-    amp: bool = False
+    amp: bool | None = None
     seed: int = 42
     device: str = "auto"
     # bookkeeping
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--aug", action="store_true", help="random horizontal flip and light affine on train images")
     g.add_argument("--mean", type=float, nargs=3, default=d.mean, help="normalisation mean (RGB, 0..1 scale)")
     g.add_argument("--std", type=float, nargs=3, default=d.std, help="normalisation std (RGB, 0..1 scale)")
+    g.add_argument("--cache_images", choices=["ram"], default=d.cache_images,
+                   help="decode and letterbox every image once into RAM (small data sets; memory is checked)")
     g.add_argument("-b", "--batch_size", type=int, default=d.batch_size, help="batch size per process")
     g.add_argument("-j", "--workers", type=int, default=d.workers, help="data loading workers per process")
     g = p.add_argument_group("model")
@@ -87,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrained", default=d.pretrained, help="local weights file (state dict or our checkpoint)")
     g.add_argument("--prior_bias", type=float, default=d.prior_bias,
                    help="sample-free init: set the final bias so each class starts at this probability")
-    g.add_argument("--channels_last", action="store_true", help="channels_last memory format for model and input")
+    g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=d.channels_last,
+                   help="channels_last memory format; unset: on for CUDA, measured on the model for CPU")
     g = p.add_argument_group("optimisation")
     g.add_argument("--criterion", default=d.criterion, help="loss: softmax or bce (sigmoid one-vs-all)")
     g.add_argument("--label_smoothing", type=float, default=d.label_smoothing)
@@ -100,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=d.epochs, help="total epochs of the schedule")
     g.add_argument("--stop_epoch", type=int, default=d.stop_epoch,
                    help="stop after this many epochs without changing the schedule; continue with --resume")
-    g.add_argument("--amp", action="store_true", help="autocast: bf16 on CPU, fp16 with GradScaler on CUDA")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=d.amp,
+                   help="autocast: fp16 + GradScaler on CUDA, bf16 on CPU; unset: on for CUDA and bf16-native CPUs")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
     g = p.add_argument_group("bookkeeping")
@@ -126,6 +131,10 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> s
             kwargs = {"dest": action.dest, "default": argparse.SUPPRESS}
             if isinstance(action, argparse._StoreTrueAction):
                 kwargs["action"] = "store_true"
+            elif isinstance(action, argparse.BooleanOptionalAction):
+                kwargs["action"] = argparse.BooleanOptionalAction
+                probe.add_argument(*action.option_strings[:1], **kwargs)  # adds the --no- form itself
+                continue
             else:
                 kwargs["nargs"] = action.nargs
             probe.add_argument(*action.option_strings, **kwargs)

@@ -7,6 +7,7 @@ from applications.common import model_from_checkpoint, predict, preprocessing_of
 from config import Config
 from dataloader import build_loader, build_split_dataset
 from utils.distributed import cleanup_distributed, init_distributed
+from utils.hardware import choose_amp
 from utils.logger import setup_logging
 from utils.metrics import classification_report, write_report
 
@@ -19,6 +20,7 @@ def evaluate(cfg: Config, explicit: set[str]) -> dict:
         if not cfg.resume:
             raise ValueError("--evaluation needs --resume CKPT (a best.pth or last.pth written by training)")
         cfg, ckpt = resolve_config(cfg, explicit)
+        cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, info.device)  # this machine's, not training's
         class_names = ckpt["class_names"]
         dataset = build_split_dataset(cfg.data, cfg.split, image_size=tuple(cfg.image_size),
                                       class_names=class_names, val_ratio=cfg.val_ratio,

@@ -21,6 +21,7 @@ from optim import build_optimizer, build_scheduler, param_groups
 from utils.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from utils.distributed import (DistInfo, broadcast_buffers, broadcast_object, cleanup_distributed,
                                init_distributed, reduce_sum, wrap_ddp)
+from utils.hardware import choose_amp, choose_channels_last, describe_hardware
 from utils.logger import RunRecorder, setup_logging
 from utils.metrics import topk_correct
 
@@ -55,6 +56,11 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
         raise ValueError(f"--num_classes {cfg.num_classes} but {cfg.data} has {len(class_names)} classes "
                          f"({', '.join(class_names[:10])}...); drop --num_classes or fix the data")
     cfg.num_classes = len(class_names)
+    if cfg.cache_images == "ram":
+        started = time.time()
+        gib = sum(ds.cache_in_ram() for ds in (splits.train, splits.val))
+        log.info("cached %d images (%.2f GiB) in RAM in %.1fs", len(splits.train) + len(splits.val), gib,
+                 time.time() - started)
     if splits.val is None:
         raise ValueError(f"{cfg.data} has no val split and --val_ratio is {cfg.val_ratio}; add a val/ folder or "
                          "val.csv, or pass --val_ratio 0.1 to validate on a stratified share of train")
@@ -66,6 +72,7 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
 
     model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=None if ckpt else cfg.pretrained,
                         prior_bias=cfg.prior_bias).to(info.device)
+    choose_speed_settings(cfg, model, info, log)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(param_groups(model, cfg.weight_decay), cfg.optimizer, lr=cfg.lr,
@@ -121,6 +128,18 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
     log.info("best val top-1 %.2f; checkpoints in %s (best.pth, last.pth), summary %s, TensorBoard %s/%s",
              best_top1, out_dir, out_dir / "summary.csv", cfg.log_dir, cfg.name)
     return metrics
+
+
+def choose_speed_settings(cfg: Config, model: torch.nn.Module, info: DistInfo, log) -> None:
+    """Resolve unset --amp / --channels_last from the hardware (rank 0 decides for all ranks); the resolved
+    values go into the checkpoint's config, so a resumed run keeps them."""
+    amp = choose_amp(cfg.amp, info.device)
+    amp_dtype = (torch.float16 if info.device.type == "cuda" else torch.bfloat16) if amp else None
+    probe_shape = (min(cfg.batch_size, 32), 3, *cfg.image_size)  # small batches can rank formats wrongly
+    channels_last, why = choose_channels_last(cfg.channels_last, model, probe_shape, info.device, amp_dtype)
+    cfg.amp, cfg.channels_last = broadcast_object((amp, channels_last))
+    log.info("speed settings on %s: amp %s, channels_last %s (%s)", describe_hardware(info.device), cfg.amp,
+             cfg.channels_last, why)
 
 
 def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, cfg: Config, preprocessing,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -188,11 +189,11 @@ def random_affine(image: np.ndarray, rng: np.random.Generator, pad_value: int = 
     scale = rng.uniform(*AUG_SCALE_RANGE)
     tx, ty = rng.uniform(-AUG_MAX_TRANSLATE, AUG_MAX_TRANSLATE, size=2) * (w, h)
     if flip:
-        image = image[:, ::-1]
+        image = cv2.flip(image, 1)  # 40x faster than copying a negative-stride view, same pixels
     matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
     matrix[:, 2] += (tx, ty)
     return cv2.warpAffine(
-        np.ascontiguousarray(image), matrix, (w, h), flags=cv2.INTER_LINEAR,
+        image, matrix, (w, h), flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT, borderValue=(pad_value,) * 3,
     )
 
@@ -223,14 +224,41 @@ class ImageClassificationDataset(Dataset):
         self.aug = aug
         self.seed = seed
         self.pad_value = pad_value
+        self._cache: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def cache_in_ram(self, threads: int | None = None) -> float:
+        """Decode and letterbox every image once into one uint8 array; returns its size in GiB.
+
+        Loader workers are forked after this, so they share the array copy-on-write instead of decoding
+        again every epoch. Augmentation still runs per item on top of the cached letterboxed image.
+        """
+        h, w = self.image_size
+        need = len(self) * h * w * 3
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if need > 0.8 * free:
+            raise MemoryError(
+                f"--cache_images ram needs {need / 2**30:.2f} GiB for {len(self)} images at {h}x{w} but only "
+                f"{free / 2**30:.2f} GiB of memory are free; drop --cache_images or lower --image_size")
+        cache = np.empty((len(self), h, w, 3), dtype=np.uint8)
+
+        def load(i: int) -> None:
+            cache[i] = letterbox_resize(decode_image(self.samples[i][0]), self.image_size, self.pad_value)
+
+        with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:  # OpenCV releases the GIL
+            list(pool.map(load, range(len(self))))
+        self._cache = cache
+        return need / 2**30
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
         path, label = self.samples[index]
-        image = letterbox_resize(decode_image(path), self.image_size, self.pad_value)
+        if self._cache is not None:
+            image = self._cache[index]  # never written to: augmentation and to_chw_uint8 copy
+        else:
+            image = letterbox_resize(decode_image(path), self.image_size, self.pad_value)
         if self.aug:
             rng = np.random.default_rng([self.seed, epoch, index])
             image = random_affine(image, rng, self.pad_value)

@@ -47,7 +47,8 @@ def digits(tmp_path_factory) -> Path:
 def common_args(data: Path, out: Path, name: str) -> list[str]:
     return ["--data", str(data), "--model", "small_cnn", "--image_size", "32", "32", "-b", "16", "--lr", "0.003",
             "--warmup", "1", "--checkpoint_dir", str(out / "ck"), "--log_dir", str(out / "logs"), "--name", name,
-            "--device", "cpu", "--seed", "7"]
+            "--device", "cpu", "--seed", "7",
+            "--no-channels_last", "--no-amp"]  # explicit: the auto probe could pick differently between runs
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,10 @@ def train_once(data: Path, out: Path, extra: list[str], name: str = "run") -> di
 
 FLAG_SETS = {
     "amp": (["--amp"], {"amp": True}),
+    "no_amp_auto_channels_last": (["--no-amp"], {"amp": False}),
     "channels_last": (["--channels_last"], {"channels_last": True}),
+    "cache_images": (["--cache_images", "ram", "--aug", "-j", "1", "--no-channels_last"],
+                     {"cache_images": "ram", "channels_last": False}),
     "bce_label_smoothing": (["--criterion", "bce", "--label_smoothing", "0.1"], {"criterion": "bce"}),
     "sgd_cosine_wd": (["--optimizer", "sgd", "--momentum", "0.9", "--weight_decay", "1e-4", "--lr_schedule",
                        "cosine", "--lr", "0.05"], {"optimizer": "sgd", "lr_schedule": "cosine"}),
@@ -64,7 +67,8 @@ def test_every_flag_is_exercised_somewhere():
     covered_elsewhere = {"data", "epochs", "stop_epoch", "warmup", "batch_size", "workers", "checkpoint_dir",
                          "log_dir", "name", "device", "resume", "evaluation", "jit", "split", "output", "lr",
                          "val_ratio", "pretrained", "prior_bias", "log_interval", "num_classes", "momentum"}
-    flags_here = {a.lstrip("-") for flags, _ in FLAG_SETS.values() for a in flags if a.startswith("--")}
+    flags_here = {a.lstrip("-").removeprefix("no-") for flags, _ in FLAG_SETS.values() for a in flags
+                  if a.startswith("--")}
     dests = {a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"}
     aliases = {"model": "model"}
     missing = dests - covered_elsewhere - {aliases.get(f, f) for f in flags_here}

@@ -1,0 +1,90 @@
+"""Smoke tests of the benchmark scripts: they run end to end on tiny real data and print complete tables.
+
+No timing is asserted; only that every expected row is there and every ratio is a positive number.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.common import image_folder, parse_markdown_table
+from benchmarks.ddp_scaling import threads_per_process
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 120  # every subprocess is bounded
+
+
+def run_script(script: str, args: list[str]) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, f"benchmarks/{script}", *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def positive_number(text: str) -> float:
+    value = float(text)
+    assert math.isfinite(value) and value > 0, text
+    return value
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """Real images to build the benchmark folder from: Fashion-MNIST when prepared, else the bundled digits."""
+    prepared = REPO / "data" / "fashion-mnist" / "train"
+    if prepared.is_dir():
+        return prepared.parent
+    out = tmp_path_factory.mktemp("source") / "digits"
+    subprocess.run([sys.executable, "-m", "dataloader.prepare", "digits", "--out", str(out), "--limit", "40"],
+                   cwd=REPO, check=True, capture_output=True, timeout=TIMEOUT)
+    return out
+
+
+def test_image_folder_layout_and_cache(source, tmp_path):
+    folder = image_folder(root=tmp_path, source=source, images=30, source_size=48, fmt="png")
+    train = sorted(folder.glob("train/*/*.png"))
+    val = sorted(folder.glob("val/*/*.png"))
+    assert len(train) + len(val) == 30 and len(val) == 10  # 3 per class: 2 train + 1 val
+    assert {p.parent.name for p in train} == {p.parent.name for p in val} and len({p.parent.name for p in val}) == 10
+    mtime = train[0].stat().st_mtime_ns
+    assert image_folder(root=tmp_path, source=source, images=30, source_size=48, fmt="png") == folder
+    assert train[0].stat().st_mtime_ns == mtime  # reused, not rewritten
+
+
+def test_data_pipeline_prints_both_tables(source, tmp_path):
+    common = ["--root", str(tmp_path), "--source", str(source), "--images", "40", "--source_size", "64",
+              "--size", "32", "--repeat", "1", "-b", "8"]
+    for extra, rate_column in (([], "images/s/worker"), (["--loader", "-j", "1"], "images/s total (1 workers)")):
+        out = run_script("data_pipeline.py", common + extra)
+        rows = parse_markdown_table(out)
+        assert [(r["pipeline"].split()[0], r["transform"].split(":")[0]) for r in rows] == [
+            ("torchvision", "train"), ("ours", "train --aug"), ("ours", "train"),
+            ("torchvision", "eval"), ("ours", "eval"), ("ours", "device normalisation only")], out
+        for row in rows[:-1]:
+            positive_number(row[rate_column])
+            ratios = [positive_number(row[f"ratio vs reference ({k})"])
+                      for k in ("worker only", "worker + device normalisation")]
+            if row["pipeline"].startswith("torchvision"):
+                assert ratios == [1.0, 1.0], row
+        positive_number(rows[-1][rate_column])
+        assert "CPU capability" in out and "torch threads per process 1" in out and "processes 1" in out, out
+
+
+def test_ddp_scaling_prints_three_runs(source, tmp_path):
+    out = run_script("ddp_scaling.py", ["--root", str(tmp_path), "--source", str(source), "--images", "40",
+                                        "--source_size", "32", "--image_size", "16", "16", "-b", "8",
+                                        "--epochs", "1", "--timeout", "100"])
+    rows = parse_markdown_table(out)
+    expected = [(p, j, threads_per_process(p, j, os.cpu_count())) for p, j in ((1, 1), (2, 1), (1, 2))]
+    assert [(int(r["processes"]), int(r["workers per process"]), int(r["OMP threads per process"]))
+            for r in rows] == expected, out
+    for row in rows:
+        positive_number(row["epoch seconds (last epoch)"])
+        positive_number(row["ratio vs 1 process"])
+    assert rows[0]["ratio vs 1 process"] == "1.00"
+    assert "2-process epoch =" in out and "CPU capability" in out, out

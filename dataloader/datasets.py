@@ -367,6 +367,7 @@ class EpochAwareDistributedSampler(DistributedSampler):
 
 def _worker_init(_worker_id: int) -> None:
     # Each loader worker is already one process per core; OpenCV's own thread pool would oversubscribe.
+    # A no-op for forked workers (build_loader set it in the parent); needed under the spawn start method.
     cv2.setNumThreads(1)
 
 
@@ -389,6 +390,11 @@ def build_loader(
     consume the global torch RNG.
     """
     sampler = EpochAwareDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed)
+    if workers > 0:
+        # Set in the parent, before the workers fork: once the parent has used OpenCV's thread pool (the RAM
+        # cache decodes there), calling cv2.setNumThreads in a forked child waits forever on the parent's pool
+        # threads, which the child does not have. Forked workers inherit the setting instead.
+        cv2.setNumThreads(1)
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(

@@ -1,5 +1,8 @@
 """dataloader.datasets: split discovery (folders, CSV), val carving, augmentation determinism, sampler, loader."""
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -229,3 +232,24 @@ def test_corrupt_image_error_survives_loader_workers(train_root):
     loader = build_loader(dataset, batch_size=2, workers=1, train=False, seed=0)
     with pytest.raises(ImageDecodeError, match=r"train_0\.png.*check_images"):
         list(loader)
+
+
+def test_loader_workers_start_after_parent_used_opencv_threads(tmp_path):
+    """Regression: a forked worker calling cv2.setNumThreads after the parent ran OpenCV's pool hung forever."""
+    make_folder(tmp_path, "train", {"cat": 4, "dog": 4})
+    script = f"""
+import cv2, numpy as np
+from dataloader.datasets import build_datasets, build_loader
+cv2.setNumThreads(2)
+big = np.random.default_rng(0).integers(0, 255, (2000, 2000, 3), dtype=np.uint8)
+for _ in range(5):  # starts OpenCV's thread pool in the parent, as the RAM cache does
+    cv2.resize(big, (16, 16), interpolation=cv2.INTER_AREA)
+    cv2.GaussianBlur(big, (5, 5), 0)
+dataset = build_datasets({str(tmp_path)!r}, image_size=16, aug=False, val_ratio=0.0, seed=0).train
+loader = build_loader(dataset, batch_size=4, workers=1, train=False, seed=0)
+print(sum(images.shape[0] for images, *_ in loader))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=str(Path(__file__).resolve().parents[1]))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("8")

@@ -18,10 +18,10 @@ class Config:
     image_size: list[int] = field(default_factory=lambda: [32, 32])
     num_classes: int | None = None
     val_ratio: float = 0.1
-    aug: bool = False
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     cache_images: str | None = None
+    decode: str = "loader"  # "device": workers read bytes, the training process decodes (dataloader/gpu_decode.py)
     batch_size: int = 128
     workers: int = 2
     # model
@@ -29,6 +29,9 @@ class Config:
     pretrained: str | None = None
     prior_bias: float | None = None
     channels_last: bool | None = None
+    head: str | None = None  # None: cosine for margin losses, else linear; training stores the resolved value
+    dropout: float | None = None
+    pooling: str = "avg"
     # optimisation
     criterion: str = "softmax"
     label_smoothing: float = 0.0
@@ -43,6 +46,58 @@ class Config:
     amp: bool | None = None
     seed: int = 42
     device: str = "auto"
+    # losses (criterions/)
+    focal_gamma: float = 2.0
+    arc_margin: float = 0.5
+    arc_scale: float = 30.0
+    weighted_loss: str | None = None  # None: off; "auto": inverse class frequencies; else a weights file
+    ghm_loss: bool = False
+    ghm_bins: int = 10
+    ghm_momentum: float = 0.0
+    ohm_loss: bool = False
+    ohm_ratio: float = 0.7
+    threshold_loss: bool = False
+    loss_threshold: float = 0.9
+    # augmentation and sampling (dataloader/)
+    aug: str | None = None
+    mixup: float | None = None
+    cutmix: float | None = None
+    ricap: float | None = None
+    mix_prob: float = 1.0
+    multi_scale: bool = False
+    multi_scale_sizes: list[int] | None = None
+    balance: bool = False
+    aug_preview: int | None = None
+    # optimizer extras and schedules (optim/)
+    lookahead: bool = False
+    lookahead_k: int = 6
+    lookahead_alpha: float = 0.5
+    lr_scale_batch: int | None = None
+    backbone_lr_scale: float = 1.0
+    freeze: int = 0
+    restart_epochs: int = 10
+    restart_mult: float = 2.0
+    restart_decay: float = 1.0
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    plateau_patience: int = 2
+    lr_find: bool = False
+    lr_find_start: float = 1e-7
+    lr_find_end: float = 10.0
+    lr_find_steps: int = 100
+    # training tricks (applications/train.py)
+    accum_steps: int = 1
+    clip_grad: float | None = None
+    sync_bn: bool = False
+    ema: bool = False
+    ema_decay: float = 0.9998
+    swa: bool = False
+    swa_epochs: int = 5
+    swa_lr: float | None = None
+    l1: float = 0.0
+    l2: float = 0.0
+    patience: int | None = None
+    compile: bool = False
     # bookkeeping
     checkpoint_dir: str = "checkpoints"
     log_dir: str = "logs"
@@ -61,6 +116,8 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
         known = {f.name for f in dataclasses.fields(cls)}
+        if isinstance(values.get("aug"), bool):  # checkpoints from before --aug took names
+            values = {**values, "aug": "basic" if values["aug"] else None}
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
@@ -77,11 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of classes; inferred from the data when omitted, checked when given")
     g.add_argument("--val_ratio", type=float, default=d.val_ratio,
                    help="stratified share of train used for validation when there is no val split")
-    g.add_argument("--aug", action="store_true", help="random horizontal flip and light affine on train images")
     g.add_argument("--mean", type=float, nargs=3, default=d.mean, help="normalisation mean (RGB, 0..1 scale)")
     g.add_argument("--std", type=float, nargs=3, default=d.std, help="normalisation std (RGB, 0..1 scale)")
     g.add_argument("--cache_images", choices=["ram"], default=d.cache_images,
                    help="decode and letterbox every image once into RAM (small data sets; memory is checked)")
+    g.add_argument("--decode", choices=["loader", "device"], default=d.decode,
+                   help="where images are decoded: loader (OpenCV in the loader workers) or device (workers only read "
+                        "the files; the training process decodes each batch's JPEGs on --device, batched nvjpeg on "
+                        "CUDA, and letterboxes them there; other formats still decode in the workers). device "
+                        "supports --aug basic only and not --cache_images")
     g.add_argument("-b", "--batch_size", type=int, default=d.batch_size, help="batch size per process")
     g.add_argument("-j", "--workers", type=int, default=d.workers, help="data loading workers per process")
     g = p.add_argument_group("model")
@@ -92,14 +153,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample-free init: set the final bias so each class starts at this probability")
     g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=d.channels_last,
                    help="channels_last memory format; unset: on for CUDA, measured on the model for CPU")
+    g.add_argument("--head", choices=["linear", "cosine"], default=d.head,
+                   help="classifier: linear, or cosine (outputs arc_scale * cos(theta), no bias); unset: cosine for "
+                        "the margin losses (arcface, amsoftmax), linear otherwise")
+    g.add_argument("--dropout", type=float, default=d.dropout, metavar="P",
+                   help="dropout probability right before the classifier (timm: drop_rate); unset: model's default")
+    g.add_argument("--pooling", choices=["avg", "avgmax"], default=d.pooling,
+                   help="global pooling: avg, or avgmax (average and max pooling concatenated, classifier input x2)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--criterion", default=d.criterion, help="loss: softmax or bce (sigmoid one-vs-all)")
-    g.add_argument("--label_smoothing", type=float, default=d.label_smoothing)
-    g.add_argument("--optimizer", default=d.optimizer, help="adam, adamw or sgd")
+    g.add_argument("--criterion", default=d.criterion,
+                   help="loss: softmax, bce (sigmoid one-vs-all), focal, arcface or amsoftmax (README: Losses); "
+                        "every loss also takes mixup/cutmix soft targets")
+    g.add_argument("--label_smoothing", type=float, default=d.label_smoothing,
+                   help="targets become y (1 - eps) + eps / C, for every loss")
+    g.add_argument("--optimizer", default=d.optimizer,
+                   help="sgd (Nesterov), adam, adamw, radam, nadam (torch); lamb, adabelief, novograd (timm); "
+                        "ranger (RAdam + Lookahead); adabound (optim/adabound.py)")
     g.add_argument("--lr", type=float, default=d.lr, help="base learning rate")
     g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (Nesterov when > 0)")
     g.add_argument("--weight_decay", type=float, default=d.weight_decay, help="applied to weights, not norms/biases")
-    g.add_argument("--lr_schedule", default=d.lr_schedule, help="step (the seed's warmup-step rule) or cosine")
+    g.add_argument("--lr_schedule", default=d.lr_schedule,
+                   help="step (the seed's warmup-step rule), cosine, sgdr (warm restarts), onecycle, multistep "
+                        "or plateau (ReduceLROnPlateau on val loss); all warm up linearly over --warmup epochs")
     g.add_argument("--warmup", type=int, default=d.warmup, help="warmup epochs")
     g.add_argument("--epochs", type=int, default=d.epochs, help="total epochs of the schedule")
     g.add_argument("--stop_epoch", type=int, default=d.stop_epoch,
@@ -108,6 +183,108 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast: fp16 + GradScaler on CUDA, bf16 on CPU; unset: on for CUDA and bf16-native CPUs")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
+    g = p.add_argument_group("losses")
+    g.add_argument("--focal_gamma", type=float, default=d.focal_gamma,
+                   help="--criterion focal: loss -(1 - p_t)^gamma log p_t; 0 is cross-entropy")
+    g.add_argument("--arc_margin", type=float, default=d.arc_margin,
+                   help="margin m of --criterion arcface (angle, radians; 0.5 is typical) and amsoftmax (cosine; "
+                        "0.35 is typical)")
+    g.add_argument("--arc_scale", type=float, default=d.arc_scale,
+                   help="scale s of the cosine head's logits s * cos(theta), used by the margin losses")
+    g.add_argument("--weighted_loss", nargs="?", const="auto", default=d.weighted_loss, metavar="FILE",
+                   help="class-weighted loss; bare flag: inverse training-set class frequencies (mean 1); FILE: "
+                        "one weight per line in class order, or class_name,weight lines")
+    g.add_argument("--ghm_loss", action="store_true",
+                   help="GHM-C: weight samples (bce: elements) by the inverse density of their gradient norm")
+    g.add_argument("--ghm_bins", type=int, default=d.ghm_bins, help="--ghm_loss: number of gradient-norm bins")
+    g.add_argument("--ghm_momentum", type=float, default=d.ghm_momentum,
+                   help="--ghm_loss: moving-average momentum of the bin counts (0: this batch only)")
+    g.add_argument("--ohm_loss", action="store_true",
+                   help="online hard example mining: only the hardest --ohm_ratio of each batch (by loss) counts")
+    g.add_argument("--ohm_ratio", type=float, default=d.ohm_ratio, help="--ohm_loss: share of the batch kept")
+    g.add_argument("--threshold_loss", action="store_true",
+                   help="predictions already beyond --loss_threshold confidence contribute zero loss (softmax: "
+                        "p_target > t; bce: positives p > t, negatives p < 1 - t)")
+    g.add_argument("--loss_threshold", type=float, default=d.loss_threshold,
+                   help="--threshold_loss: confidence t")
+    g = p.add_argument_group("augmentation and sampling")
+    g.add_argument("--aug", nargs="?", const="basic", default=d.aug, metavar="NAME[,NAME...]",
+                   help="per-image train augmentations, applied in the order given: basic (flip + light affine; "
+                        "what a bare --aug means), autoaugment, randaugment, trivialaugment, myaugment, erasing, "
+                        "gridmask")
+    g.add_argument("--mixup", type=float, nargs="?", const=0.8, default=d.mixup, metavar="ALPHA",
+                   help="mixup batches on the device, lam ~ Beta(ALPHA, ALPHA) (bare flag: 0.8)")
+    g.add_argument("--cutmix", type=float, nargs="?", const=1.0, default=d.cutmix, metavar="ALPHA",
+                   help="CutMix batches on the device, pasted area share ~ Beta(ALPHA, ALPHA) (bare flag: 1.0)")
+    g.add_argument("--ricap", type=float, nargs="?", const=0.3, default=d.ricap, metavar="BETA",
+                   help="RICAP: tile each image from 4 crops, boundary ~ Beta(BETA, BETA) (bare flag: 0.3)")
+    g.add_argument("--mix_prob", type=float, default=d.mix_prob,
+                   help="probability that a batch is mixed; with several mixes, one is picked per batch")
+    g.add_argument("--multi_scale", action="store_true",
+                   help="resize each train batch on the device to a size chosen per step (the same on every rank)")
+    g.add_argument("--multi_scale_sizes", type=int, nargs="+", default=d.multi_scale_sizes, metavar="S",
+                   help="square sides for --multi_scale (long side for non-square inputs); default: the image "
+                        "size x 0.75, 0.875, 1, 1.125, 1.25, rounded")
+    g.add_argument("--balance", action="store_true",
+                   help="class-balanced sampling: each epoch draws len(train) samples, classes equally likely")
+    g.add_argument("--aug_preview", type=int, default=d.aug_preview, metavar="N",
+                   help="write a PNG grid of N augmented train samples (with mixes and multi-scale when set) to "
+                        "--output or CHECKPOINT_DIR/NAME/aug_preview.png and exit without training")
+    g = p.add_argument_group("optimizer extras and schedules")
+    g.add_argument("--lookahead", action="store_true",
+                   help="wrap the optimizer in Lookahead (timm): slow weights follow the fast ones every k steps")
+    g.add_argument("--lookahead_k", type=int, default=d.lookahead_k,
+                   help="Lookahead: fast steps between slow-weight updates (also used by ranger)")
+    g.add_argument("--lookahead_alpha", type=float, default=d.lookahead_alpha,
+                   help="Lookahead: fraction of the way the slow weights move to the fast ones (also used by ranger)")
+    g.add_argument("--lr_scale_batch", type=int, default=d.lr_scale_batch, metavar="REF",
+                   help="linear scaling: lr x global batch / REF, global batch = batch_size x world size x "
+                        "accum_steps (unset: lr as given)")
+    g.add_argument("--backbone_lr_scale", type=float, default=d.backbone_lr_scale,
+                   help="discriminative lr: everything but the final classifier trains at lr x this factor")
+    g.add_argument("--freeze", type=int, default=d.freeze, metavar="N",
+                   help="train only the final classifier for the first N epochs (backbone BatchNorm stats frozen "
+                        "too), then everything")
+    g.add_argument("--restart_epochs", type=int, default=d.restart_epochs,
+                   help="sgdr: length of the first cosine cycle in epochs (after warmup)")
+    g.add_argument("--restart_mult", type=float, default=d.restart_mult,
+                   help="sgdr: each cycle is this many times longer than the previous one")
+    g.add_argument("--restart_decay", type=float, default=d.restart_decay,
+                   help="sgdr: each cycle's peak lr is this many times the previous peak")
+    g.add_argument("--milestones", type=int, nargs="+", default=d.milestones, metavar="EPOCH",
+                   help="multistep: epochs at whose start the lr is multiplied by --gamma")
+    g.add_argument("--gamma", type=float, default=d.gamma,
+                   help="multistep and plateau: lr multiplier per drop")
+    g.add_argument("--plateau_patience", type=int, default=d.plateau_patience,
+                   help="plateau: epochs without a val loss improvement tolerated before the lr drops")
+    g.add_argument("--lr_find", action="store_true",
+                   help="lr finder: exponential lr sweep on the train data, writes lr_find.png/.csv to --output "
+                        "(default CHECKPOINT_DIR/NAME/), prints the suggested lr; trains and saves no model")
+    g.add_argument("--lr_find_start", type=float, default=d.lr_find_start, help="lr finder: first lr of the sweep")
+    g.add_argument("--lr_find_end", type=float, default=d.lr_find_end, help="lr finder: last lr of the sweep")
+    g.add_argument("--lr_find_steps", type=int, default=d.lr_find_steps,
+                   help="lr finder: iterations of the sweep (it stops early once the loss exceeds 4x its minimum)")
+    g = p.add_argument_group("training tricks")
+    g.add_argument("--accum_steps", type=int, default=d.accum_steps,
+                   help="accumulate gradients over this many batches per optimizer step (effective batch x N)")
+    g.add_argument("--clip_grad", type=float, default=d.clip_grad, help="clip the global gradient norm to this value")
+    g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes under DDP")
+    g.add_argument("--ema", action="store_true", help="keep an exponential moving average of the weights, "
+                   "validated alongside the model; best.pth takes the better of the two")
+    g.add_argument("--ema_decay", type=float, default=d.ema_decay, help="EMA decay per optimizer step")
+    g.add_argument("--swa", action="store_true",
+                   help="stochastic weight averaging over the last --swa_epochs epochs, then a BN statistics update")
+    g.add_argument("--swa_epochs", type=int, default=d.swa_epochs, help="epochs at the end averaged by --swa")
+    g.add_argument("--swa_lr", type=float, default=d.swa_lr,
+                   help="constant lr during the SWA epochs (default: the schedule continues)")
+    g.add_argument("--l1", type=float, default=d.l1, help="L1 penalty on weights (not norms/biases) added to the loss")
+    g.add_argument("--l2", type=float, default=d.l2,
+                   help="L2 penalty on weights (not norms/biases) added to the loss (unlike --weight_decay, "
+                        "it goes through the optimizer's adaptive scaling)")
+    g.add_argument("--patience", type=int, default=d.patience,
+                   help="early stopping: stop when val top-1 has not improved for this many epochs")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (falls back to eager with a warning where unsupported)")
     g = p.add_argument_group("bookkeeping")
     g.add_argument("--checkpoint_dir", default=d.checkpoint_dir, help="runs are saved in CHECKPOINT_DIR/NAME/")
     g.add_argument("--log_dir", default=d.log_dir, help="TensorBoard runs go to LOG_DIR/NAME/")

@@ -10,14 +10,21 @@ import numpy as np
 import torch
 
 from config import Config
+from criterions import build_criterion, resolve_class_weights, resolve_head
+from dataloader.gpu_decode import EncodedBatch
+from dataloader.mix import BatchAugment, build_batch_augment
 from dataloader.preprocess import Preprocessing, normalize_on_device
 from models import build_model
+from models.heads import find_classifier_name
+from optim import Scheduler, build_optimizer, build_scheduler, param_groups, scale_lr_by_batch
 from utils.checkpoint import load_checkpoint
 from utils.distributed import gather_predictions
 from utils.logger import get_logger
 
 # Options that describe how to run, not what was trained: on resume they come from the command line.
-RUNTIME_FLAGS = {"resume", "evaluation", "jit", "device", "workers", "output", "split", "stop_epoch"}
+# --decode is one of them: where decoding runs depends on the machine (a GPU run's checkpoint evaluated on a laptop).
+RUNTIME_FLAGS = {"resume", "evaluation", "jit", "device", "workers", "output", "split", "stop_epoch", "aug_preview",
+                 "decode"}
 
 
 def resolve_config(cfg: Config, explicit: set[str]) -> tuple[Config, dict | None]:
@@ -41,15 +48,42 @@ def preprocessing_of(cfg: Config) -> Preprocessing:
     return Preprocessing(image_size=tuple(cfg.image_size), mean=tuple(cfg.mean), std=tuple(cfg.std))
 
 
+def batch_augment_of(cfg: Config, rank: int) -> BatchAugment:
+    """Multi-scale and batch mixes for a training step, from the flags; the identity when none is set."""
+    return build_batch_augment(image_size=cfg.image_size, num_classes=cfg.num_classes, seed=cfg.seed, rank=rank,
+                               multi_scale=cfg.multi_scale, multi_scale_sizes=cfg.multi_scale_sizes,
+                               mixup=cfg.mixup, cutmix=cfg.cutmix, ricap=cfg.ricap, mix_prob=cfg.mix_prob)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
+def model_options(cfg: Config) -> dict:
+    """build_model's head options from the config: training, evaluation, export and resume build the same network.
+
+    The head is resolved here too (margin losses need the cosine head), so configs saved before --head existed
+    rebuild their linear head.
+    """
+    return {"head": resolve_head(cfg.criterion, cfg.head), "dropout": cfg.dropout, "pooling": cfg.pooling,
+            "cosine_scale": cfg.arc_scale}
+
+
+def criterion_from_config(cfg: Config, *, class_names: list[str], train_targets: list[int]) -> torch.nn.Module:
+    """cfg → build_criterion's keyword arguments; --weighted_loss is resolved from the training labels or a file."""
+    class_weights = resolve_class_weights(cfg.weighted_loss, class_names=class_names, train_targets=train_targets)
+    return build_criterion(cfg.criterion, num_classes=len(class_names), label_smoothing=cfg.label_smoothing,
+                           class_weights=class_weights, focal_gamma=cfg.focal_gamma, arc_margin=cfg.arc_margin,
+                           arc_scale=cfg.arc_scale, loss_threshold=cfg.loss_threshold if cfg.threshold_loss else None,
+                           ghm_bins=cfg.ghm_bins if cfg.ghm_loss else None, ghm_momentum=cfg.ghm_momentum,
+                           ohm_ratio=cfg.ohm_ratio if cfg.ohm_loss else None)
+
+
 def model_from_checkpoint(ckpt: dict, cfg: Config, device: torch.device) -> torch.nn.Module:
     """Rebuild the trained network from a checkpoint (no pretrained download, weights from the file)."""
-    model = build_model(cfg.model, num_classes=len(ckpt["class_names"]))
+    model = build_model(cfg.model, num_classes=len(ckpt["class_names"]), **model_options(cfg))
     model.load_state_dict(ckpt["model"])
     model = model.to(device).eval()
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
@@ -58,14 +92,17 @@ def model_from_checkpoint(ckpt: dict, cfg: Config, device: torch.device) -> torc
 _CPU_INPUT_BUFFERS: dict[tuple, torch.Tensor] = {}
 
 
-def to_model_input(images: torch.Tensor, preprocessing: Preprocessing, device: torch.device,
+def to_model_input(images: torch.Tensor | EncodedBatch, preprocessing: Preprocessing, device: torch.device,
                    channels_last: bool) -> torch.Tensor:
-    """uint8 NCHW from the loader → normalised float on the device (the conversion runs on the device).
+    """uint8 NCHW from the loader → normalised float on the device (the conversion runs on the device). With
+    ``--decode device`` the loader delivers an ``EncodedBatch``, decoded and letterboxed on the device first.
 
     On CPU the float batch is written into a buffer kept per shape: the previous step's backward is over by
     the time the next batch arrives, and allocating ~40 MB per step costs more than the normalisation itself.
     CUDA's caching allocator already recycles memory, so there a fresh tensor is fine.
     """
+    if isinstance(images, EncodedBatch):  # --decode device: the loader delivered file bytes; decode them here
+        images = images.decode(device)
     images = images.to(device, non_blocking=True)
     out = None
     if device.type == "cpu":
@@ -115,3 +152,29 @@ def predict(model: torch.nn.Module, loader, cfg: Config, preprocessing: Preproce
 
 def run_dir(cfg: Config) -> Path:
     return Path(cfg.checkpoint_dir) / cfg.name
+
+
+def optimizer_from_config(cfg: Config, model: torch.nn.Module, *, world_size: int) -> torch.optim.Optimizer:
+    """The configured optimizer: no decay on norms and biases, the backbone at lr x --backbone_lr_scale, and lr
+    scaled linearly with the global batch (batch x world size x accum steps) under --lr_scale_batch.
+
+    ``cfg.lr`` stays the unscaled lr. The scaled one lives in the optimizer's and scheduler's state (each group's
+    lr and initial_lr, the scheduler's base_lrs), which a resumed run restores instead of scaling again.
+    """
+    global_batch = cfg.batch_size * world_size * cfg.accum_steps
+    lr = scale_lr_by_batch(cfg.lr, global_batch=global_batch, reference=cfg.lr_scale_batch)
+    if cfg.lr_scale_batch is not None:
+        get_logger().info("lr %.4g x global batch %d / %d = %.4g (--lr_scale_batch)", cfg.lr, global_batch,
+                          cfg.lr_scale_batch, lr)
+    head = find_classifier_name(model) if cfg.backbone_lr_scale != 1.0 else None
+    groups = param_groups(model, cfg.weight_decay, head=head, backbone_lr_scale=cfg.backbone_lr_scale)
+    return build_optimizer(groups, cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                           lookahead=cfg.lookahead, lookahead_k=cfg.lookahead_k, lookahead_alpha=cfg.lookahead_alpha)
+
+
+def scheduler_from_config(cfg: Config, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int) -> Scheduler:
+    """The configured --lr_schedule over ``optimizer``, stepped ``steps_per_epoch`` times per epoch."""
+    return build_scheduler(optimizer, cfg.lr_schedule, epochs=cfg.epochs, warmup=cfg.warmup,
+                           steps_per_epoch=steps_per_epoch, restart_epochs=cfg.restart_epochs,
+                           restart_mult=cfg.restart_mult, restart_decay=cfg.restart_decay, milestones=cfg.milestones,
+                           gamma=cfg.gamma, plateau_patience=cfg.plateau_patience)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from applications.common import model_from_checkpoint, predict, preprocessing_of, resolve_config, scores_to_probs
 from config import Config
-from dataloader import build_loader, build_split_dataset
+from dataloader import EncodedImageDataset, build_loader, build_split_dataset
 from utils.distributed import cleanup_distributed, init_distributed
 from utils.hardware import choose_amp
 from utils.logger import setup_logging
@@ -25,6 +25,8 @@ def evaluate(cfg: Config, explicit: set[str]) -> dict:
         dataset = build_split_dataset(cfg.data, cfg.split, image_size=tuple(cfg.image_size),
                                       class_names=class_names, val_ratio=cfg.val_ratio,
                                       seed=cfg.seed)
+        if cfg.decode == "device":  # workers only read the files; predict() decodes each batch on the device
+            dataset = EncodedImageDataset(dataset)
         loader = build_loader(dataset, batch_size=cfg.batch_size, workers=cfg.workers, train=False, seed=cfg.seed,
                               rank=info.rank, world_size=info.world_size, pin_memory=info.device.type == "cuda")
         model = model_from_checkpoint(ckpt, cfg, info.device)

@@ -8,9 +8,9 @@ Data layouts under a data root (see data/README.md):
 If both exist for a split, the folder wins. Class names come from train; val/test may only use those classes.
 Without a val split, a fixed stratified `val_ratio` share of train (seeded) becomes val.
 
-Reproducibility: the sampler yields `(index, epoch)` keys and the dataset seeds its augmentation with
-`np.random.default_rng([seed, epoch, index])`, so every augmented image is a pure function of
-(seed, epoch, index): independent of worker count, rank and resume point.
+Reproducibility: the samplers yield `(index, epoch)` keys and the dataset seeds its augmentation
+(`dataloader.augment`) with `np.random.default_rng([seed, epoch, index])`, so every augmented image is a pure
+function of (seed, epoch, index): independent of worker count, rank and resume point.
 """
 from __future__ import annotations
 
@@ -26,14 +26,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from dataloader.augment import build_augmentation, parse_aug
 from dataloader.preprocess import IMAGE_EXTENSIONS, decode_image, letterbox_resize, to_chw_uint8
+from dataloader.sampler import ClassBalancedDistributedSampler
 
 SPLITS = ("train", "val", "test")
-
-# Light geometric augmentation; small enough that letterboxed objects stay inside the frame.
-AUG_MAX_ROTATION_DEG = 10.0
-AUG_SCALE_RANGE = (0.9, 1.1)
-AUG_MAX_TRANSLATE = 0.05  # fraction of width / height
 
 Sample = tuple[str, str]  # (absolute path, class name)
 
@@ -178,31 +175,12 @@ def _discover_all(data_root: str, val_ratio: float, seed: int) -> tuple[dict, li
 # dataset
 
 
-def random_affine(image: np.ndarray, rng: np.random.Generator, pad_value: int = 0) -> np.ndarray:
-    """Random horizontal flip + light affine (rotation, scale, translation) on a letterboxed HxWx3 uint8 image.
-
-    All random numbers are drawn whether or not they are used, so the stream per (seed, epoch, index) is fixed.
-    """
-    h, w = image.shape[:2]
-    flip = rng.random() < 0.5
-    angle = rng.uniform(-AUG_MAX_ROTATION_DEG, AUG_MAX_ROTATION_DEG)
-    scale = rng.uniform(*AUG_SCALE_RANGE)
-    tx, ty = rng.uniform(-AUG_MAX_TRANSLATE, AUG_MAX_TRANSLATE, size=2) * (w, h)
-    if flip:
-        image = cv2.flip(image, 1)  # 40x faster than copying a negative-stride view, same pixels
-    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
-    matrix[:, 2] += (tx, ty)
-    return cv2.warpAffine(
-        image, matrix, (w, h), flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT, borderValue=(pad_value,) * 3,
-    )
-
-
 class ImageClassificationDataset(Dataset):
     """Items are `(image_uint8_chw, label, index)`; keys are an int index or an `(index, epoch)` tuple.
 
-    Images are decoded and letterboxed to `image_size`; with `aug=True` a flip + light affine follows, seeded by
-    (seed, epoch, index). A plain int key means epoch 0.
+    Images are decoded and letterboxed to `image_size`; `aug` names the augmentations that follow
+    (`dataloader.augment`, e.g. "myaugment,erasing"; True means "basic"), seeded by (seed, epoch, index).
+    A plain int key means epoch 0.
     """
 
     def __init__(
@@ -211,7 +189,7 @@ class ImageClassificationDataset(Dataset):
         class_names: list[str],
         *,
         image_size: int | tuple[int, int],
-        aug: bool = False,
+        aug: str | bool | None = None,
         seed: int = 0,
         pad_value: int = 0,
     ) -> None:
@@ -221,7 +199,8 @@ class ImageClassificationDataset(Dataset):
         self.targets = [label for _, label in samples]
         self.class_names = list(class_names)
         self.image_size = _as_size(image_size)
-        self.aug = aug
+        self.aug = parse_aug(aug)
+        self.augment = build_augmentation(self.aug, pad_value=pad_value)
         self.seed = seed
         self.pad_value = pad_value
         self._cache: np.ndarray | None = None
@@ -259,14 +238,13 @@ class ImageClassificationDataset(Dataset):
             image = self._cache[index]  # never written to: augmentation and to_chw_uint8 copy
         else:
             image = letterbox_resize(decode_image(path), self.image_size, self.pad_value)
-        if self.aug:
-            rng = np.random.default_rng([self.seed, epoch, index])
-            image = random_affine(image, rng, self.pad_value)
+        if self.augment is not None:
+            image = self.augment(image, seed=self.seed, epoch=epoch, index=index)
         return to_chw_uint8(image), label, index
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({len(self)} images, {len(self.class_names)} classes, "
-                f"image_size={self.image_size}, aug={self.aug})")
+                f"image_size={self.image_size}, aug={self.aug!r})")
 
 
 def _make_dataset(samples: list[Sample], class_names: list[str], **kwargs) -> ImageClassificationDataset:
@@ -289,7 +267,7 @@ def build_datasets(
     data_root: str | os.PathLike,
     *,
     image_size: int | tuple[int, int],
-    aug: bool,
+    aug: str | bool | None,
     val_ratio: float,
     seed: int,
 ) -> DataSplits:
@@ -381,15 +359,23 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
+    balance: bool = False,
 ) -> DataLoader:
     """DataLoader over this rank's shard; call `loader.sampler.set_epoch(epoch)` before each epoch.
 
-    Train: shuffled, and drops the last incomplete batch when the shard holds more than one batch (a tiny
-    last batch gives noisy BatchNorm statistics). Eval: in order, padded to equal shards, nothing dropped.
+    Train: shuffled (with `balance`, a class-balanced draw with replacement: `ClassBalancedDistributedSampler`),
+    and drops the last incomplete batch when the shard holds more than one batch (a tiny last batch gives noisy
+    BatchNorm statistics). Eval: in order, padded to equal shards, nothing dropped.
     The DataLoader gets its own generator seeded with `seed`, so creating or iterating loaders does not
     consume the global torch RNG.
     """
-    sampler = EpochAwareDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed)
+    if balance and not train:
+        raise ValueError("balance=True is for training; evaluation must see every sample once")
+    if balance:
+        sampler = ClassBalancedDistributedSampler(dataset.targets, num_replicas=world_size, rank=rank, seed=seed)
+    else:
+        sampler = EpochAwareDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train,
+                                               seed=seed)
     if workers > 0:
         # Set in the parent, before the workers fork: once the parent has used OpenCV's thread pool (the RAM
         # cache decodes there), calling cv2.setNumThreads in a forked child waits forever on the parent's pool
@@ -408,5 +394,6 @@ def build_loader(
         prefetch_factor=2 if workers > 0 else None,
         worker_init_fn=_worker_init if workers > 0 else None,
         generator=generator,
+        collate_fn=getattr(dataset, "collate_fn", None),  # EncodedImageDataset (--decode device) batches file bytes
     )
 

@@ -148,6 +148,16 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageDecodeError(path, str(e)) from None
 
 
+def letterbox_geometry(height: int, width: int, size: tuple[int, int]) -> tuple[int, int, int, int, float]:
+    """Where `letterbox_resize` puts a `height` x `width` image inside `size` = (H, W):
+    `(top, left, new_h, new_w, scale)`. The GPU decode path (`dataloader.gpu_decode`) uses the same numbers."""
+    out_h, out_w = int(size[0]), int(size[1])
+    scale = min(out_h / height, out_w / width)
+    new_h = min(out_h, max(1, int(round(height * scale))))
+    new_w = min(out_w, max(1, int(round(width * scale))))
+    return (out_h - new_h) // 2, (out_w - new_w) // 2, new_h, new_w, scale
+
+
 def letterbox_resize(image: np.ndarray, size: tuple[int, int], pad_value: int = 0) -> np.ndarray:
     """Scale `image` (HxW or HxWxC) to fit inside `size` = (H, W) keeping its aspect ratio, centre, pad.
 
@@ -156,9 +166,7 @@ def letterbox_resize(image: np.ndarray, size: tuple[int, int], pad_value: int = 
     """
     out_h, out_w = int(size[0]), int(size[1])
     h, w = image.shape[:2]
-    scale = min(out_h / h, out_w / w)
-    new_h = min(out_h, max(1, int(round(h * scale))))
-    new_w = min(out_w, max(1, int(round(w * scale))))
+    top, left, new_h, new_w, scale = letterbox_geometry(h, w, size)
     if (new_h, new_w) != (h, w):
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
@@ -169,7 +177,6 @@ def letterbox_resize(image: np.ndarray, size: tuple[int, int], pad_value: int = 
     if (new_h, new_w) == (out_h, out_w):
         return np.ascontiguousarray(resized)
     canvas = np.full((out_h, out_w) + image.shape[2:], pad_value, dtype=image.dtype)
-    top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
     canvas[top:top + new_h, left:left + new_w] = resized
     return canvas
 

@@ -12,7 +12,7 @@ from torch import nn
 
 # Attribute paths where torchvision, timm and our own models keep their classifier, most specific first.
 # A container (e.g. torchvision's `classifier = Sequential(Dropout, Linear)`) resolves to its last layer.
-_CLASSIFIER_PATHS = ("fc", "classifier", "heads.head", "head.fc", "head", "heads", "last_linear")
+CLASSIFIER_PATHS = ("fc", "classifier", "heads.head", "head.fc", "head", "heads", "last_linear")
 _FINAL_LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
 
@@ -37,7 +37,7 @@ def find_classifier_name(model: nn.Module) -> str:
             if child is layer and isinstance(child, _FINAL_LAYER_TYPES):
                 return name
     modules = dict(model.named_modules())
-    for path in _CLASSIFIER_PATHS:
+    for path in CLASSIFIER_PATHS:
         if path in modules:
             name = _last_final_layer(modules[path], path)
             if name is not None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Callable
+from functools import partial
 
 from torch import nn
 
+from .head_options import check_head_options, set_classifier_dropout, use_avgmax_pooling, use_cosine_classifier
 from .heads import set_prior_bias
 from .pretrained import load_pretrained
 from .timm_models import TIMM_PREFIX, create_timm_model, is_timm_model, list_timm_models
@@ -68,15 +70,48 @@ def _unknown_model_error(name: str) -> ValueError:
     return ValueError(f"Unknown model {name!r}.{hint} {LIST_HINT}")
 
 
-def create_model(name: str, *, num_classes: int, **kwargs) -> nn.Module:
-    """Build the bare model `name` with a `num_classes`-way head (no pretrained weights, no prior bias)."""
+def model_source(name: str) -> str:
+    """Where `name` resolves: "registry" (our own), "torchvision" or "timm", in that order of precedence."""
     if name in _model_entrypoints:
-        return _model_entrypoints[name](num_classes=num_classes, **kwargs)
+        return "registry"
     if name in list_torchvision_models():
-        return create_torchvision_model(name, num_classes=num_classes, **kwargs)
+        return "torchvision"
     if is_timm_model(name.removeprefix(TIMM_PREFIX)):
-        return create_timm_model(name, num_classes=num_classes, **kwargs)
+        return "timm"
     raise _unknown_model_error(name)
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    head: str = "linear",
+    dropout: float | None = None,
+    pooling: str = "avg",
+    cosine_scale: float = 30.0,
+    **kwargs,
+) -> nn.Module:
+    """Build the bare model `name` with a `num_classes`-way head (no pretrained weights, no prior bias).
+
+    head: "linear", or "cosine" for a CosineLinear classifier returning cosine_scale * cos(theta).
+    dropout: dropout probability right before the classifier; None keeps the model's own default.
+    pooling: "avg", or "avgmax" for concatenated global average and max pooling (classifier input doubled).
+    Models that cannot take an option fail with a message naming the model and the option.
+    """
+    check_head_options(head, dropout, pooling)
+    source = model_source(name)
+    if source == "timm":
+        model = create_timm_model(name, num_classes=num_classes, dropout=dropout, pooling=pooling, **kwargs)
+    else:
+        builder = _model_entrypoints[name] if source == "registry" else partial(create_torchvision_model, name)
+        model = builder(num_classes=num_classes, **kwargs)
+        if pooling == "avgmax":
+            use_avgmax_pooling(model, name)
+    if head == "cosine":
+        use_cosine_classifier(model, name, scale=cosine_scale)
+    if dropout is not None and source != "timm":  # timm applies its drop_rate itself
+        set_classifier_dropout(model, dropout)
+    return model
 
 
 def build_model(
@@ -85,6 +120,10 @@ def build_model(
     num_classes: int,
     pretrained: str | None = None,
     prior_bias: float | None = None,
+    head: str = "linear",
+    dropout: float | None = None,
+    pooling: str = "avg",
+    cosine_scale: float = 30.0,
     **kwargs,
 ) -> nn.Module:
     """Build model `name` for `num_classes` classes, optionally from local weights and with a prior bias.
@@ -94,10 +133,15 @@ def build_model(
     prior_bias: probability p in (0, 1); the final layer's bias is set to -log((1 - p) / p) so every class
         starts at sigmoid probability p ("sample-free" initialisation for sigmoid/BCE training). It is applied
         before loading weights, so a head that loads from `pretrained` keeps its trained bias.
-    kwargs: passed to the model's builder (e.g. drop_rate for small_cnn and timm models).
+    head, dropout, pooling, cosine_scale: the head options, see `create_model`.
+    kwargs: passed to the model's builder (e.g. drop_path_rate for timm models).
     """
     assert num_classes >= 1, f"num_classes must be >= 1, got {num_classes}"
-    model = create_model(name, num_classes=num_classes, **kwargs)
+    if prior_bias is not None and head == "cosine":
+        raise ValueError("--prior_bias sets the classifier's bias, and the cosine head has none; drop --prior_bias "
+                         "or use --head linear")
+    model = create_model(name, num_classes=num_classes, head=head, dropout=dropout, pooling=pooling,
+                         cosine_scale=cosine_scale, **kwargs)
     if prior_bias is not None:
         set_prior_bias(model, prior_bias)
     if pretrained is not None:

@@ -26,15 +26,38 @@ def is_timm_model(name: str) -> bool:
     return timm.is_model(name)
 
 
-def create_timm_model(name: str, *, num_classes: int, **kwargs) -> nn.Module:
+def create_timm_model(name: str, *, num_classes: int, dropout: float | None = None, pooling: str = "avg",
+                      **kwargs) -> nn.Module:
     """Build timm model `name` (an optional `timm/` prefix is stripped) with pretrained=False.
 
-    Extra kwargs (drop_rate, drop_path_rate, in_chans...) go to `timm.create_model` unchanged.
+    dropout: timm's `drop_rate` (dropout before the classifier); None keeps the model's default.
+    pooling: "avg" (the model's default) or "avgmax", timm's `global_pool="catavgmax"` (concatenated average and
+    max pooling); a model whose head cannot take it fails with a message naming it.
+    Extra kwargs (drop_path_rate, in_chans...) go to `timm.create_model` unchanged.
     """
     import timm
 
     name = name.removeprefix(TIMM_PREFIX)
     if not timm.is_model(name):
         raise ValueError(f"{name!r} is not a timm model.")
-    # pretrained=False is forced: this machine has no internet and weights only come from local files.
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    if dropout is not None:
+        kwargs["drop_rate"] = dropout
+    if pooling == "avgmax":
+        kwargs["global_pool"] = "catavgmax"
+    try:
+        # pretrained=False is forced: this machine has no internet and weights only come from local files.
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    except (AssertionError, TypeError, ValueError) as err:
+        requested = (("--dropout", dropout is not None), ("--pooling avgmax", pooling == "avgmax"))
+        options = [flag for flag, used in requested if used]
+        if not options:
+            raise
+        raise ValueError(f"timm's {name} cannot be built with {' and '.join(options)} ({err}); drop the option "
+                         "or pick another model") from err
+    if pooling == "avgmax" and not _pools_catavgmax(model):
+        raise ValueError(f"--pooling avgmax: timm's {name} ignored global_pool='catavgmax'; use --pooling avg")
+    return model
+
+
+def _pools_catavgmax(model: nn.Module) -> bool:
+    return any(getattr(m, "pool_type", None) == "catavgmax" for m in model.modules())

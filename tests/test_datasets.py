@@ -167,6 +167,16 @@ def test_augmentation_is_a_function_of_seed_epoch_index(train_root, train_set):
     assert torch.equal(plain[(3, 0)][0], plain[(3, 9)][0])  # without aug the epoch does not matter
 
 
+def test_aug_names_reach_the_train_split_only(train_root):
+    splits = build_datasets(train_root, image_size=16, aug="myaugment,erasing", val_ratio=0.3, seed=7)
+    assert splits.train.aug == "myaugment,erasing" and "myaugment,erasing" in repr(splits.train)
+    assert splits.val.aug is None and splits.val.augment is None
+    legacy = build_datasets(train_root, image_size=16, aug=True, val_ratio=0.3, seed=7).train  # old bool configs
+    assert legacy.aug == "basic"
+    basic = build_datasets(train_root, image_size=16, aug="basic", val_ratio=0.3, seed=7).train
+    assert all(torch.equal(legacy[(i, 1)][0], basic[(i, 1)][0]) for i in range(4))
+
+
 def test_sampler_yields_index_epoch_and_shards_disjointly(train_set):
     n = len(train_set)
     shards = []

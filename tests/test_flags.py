@@ -40,6 +40,16 @@ FLAG_SETS = {
     "cache_images": (["--cache_images", "ram", "--aug", "-j", "1", "--no-channels_last"],
                      {"cache_images": "ram", "channels_last": False}),
     "bce_label_smoothing": (["--criterion", "bce", "--label_smoothing", "0.1"], {"criterion": "bce"}),
+    "focal_ghm_threshold": (["--criterion", "focal", "--focal_gamma", "1.5", "--ghm_loss", "--ghm_bins", "5",
+                             "--ghm_momentum", "0.5", "--threshold_loss", "--loss_threshold", "0.8"],
+                            {"criterion": "focal", "ghm_loss": True, "ghm_bins": 5, "threshold_loss": True}),
+    "bce_ohm_class_weights": (["--criterion", "bce", "--ohm_loss", "--ohm_ratio", "0.5", "--weighted_loss"],
+                              {"criterion": "bce", "ohm_loss": True, "weighted_loss": "auto"}),
+    "arcface_picks_cosine_head": (["--criterion", "arcface", "--arc_margin", "0.3", "--arc_scale", "16"],
+                                  {"criterion": "arcface", "head": "cosine", "arc_scale": 16.0}),
+    "amsoftmax_head_options": (["--criterion", "amsoftmax", "--arc_margin", "0.35", "--head", "cosine",
+                                "--pooling", "avgmax", "--dropout", "0.2"],
+                               {"head": "cosine", "pooling": "avgmax", "dropout": 0.2}),
     "sgd_cosine_wd": (["--optimizer", "sgd", "--momentum", "0.9", "--weight_decay", "1e-4", "--lr_schedule",
                        "cosine", "--lr", "0.05"], {"optimizer": "sgd", "lr_schedule": "cosine"}),
     "adamw": (["--optimizer", "adamw", "--weight_decay", "0.05"], {"optimizer": "adamw"}),
@@ -48,7 +58,32 @@ FLAG_SETS = {
     "non_square_input": (["--image_size", "24", "40"], {"image_size": [24, 40]}),
     "mean_std_seed": (["--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25", "--seed", "3"],
                       {"mean": [0.5, 0.5, 0.5], "seed": 3}),
-    "aug_workers": (["--aug", "-j", "1", "--num_classes", "10", "--log_interval", "1"], {"aug": True, "workers": 1}),
+    "aug_workers": (["--aug", "-j", "1", "--num_classes", "10", "--log_interval", "1"],
+                    {"aug": "basic", "workers": 1}),
+    "aug_names": (["--aug", "randaugment,myaugment,erasing,gridmask", "-j", "1"],
+                  {"aug": "randaugment,myaugment,erasing,gridmask"}),
+    "mixes": (["--mixup", "--cutmix", "0.5", "--ricap", "--mix_prob", "0.9", "--log_interval", "1"],
+              {"mixup": 0.8, "cutmix": 0.5, "ricap": 0.3, "mix_prob": 0.9}),
+    "multi_scale_balance": (["--multi_scale", "--multi_scale_sizes", "24", "40", "--balance"],
+                            {"multi_scale": True, "multi_scale_sizes": [24, 40], "balance": True}),
+    "accum_clip_penalties": (["--accum_steps", "2", "--clip_grad", "1.0", "--l1", "1e-6", "--l2", "1e-5"],
+                             {"accum_steps": 2, "clip_grad": 1.0, "l1": 1e-6, "l2": 1e-5}),
+    "ema_swa_patience": (["--ema", "--ema_decay", "0.99", "--swa", "--swa_epochs", "1", "--swa_lr", "1e-4",
+                          "--patience", "3"], {"ema": True, "swa": True, "swa_lr": 1e-4, "patience": 3}),
+    "compile": (["--compile", "--no-channels_last"], {"compile": True}),
+    "radam_lookahead": (["--optimizer", "radam", "--lookahead", "--lookahead_k", "2", "--lookahead_alpha", "0.6"],
+                        {"optimizer": "radam", "lookahead": True, "lookahead_k": 2, "lookahead_alpha": 0.6}),
+    "ranger_sgdr": (["--optimizer", "ranger", "--lr_schedule", "sgdr", "--restart_epochs", "1", "--restart_mult",
+                     "1.5", "--restart_decay", "0.5"], {"lr_schedule": "sgdr", "restart_mult": 1.5}),
+    "lamb_onecycle_lr_scale_batch": (["--optimizer", "lamb", "--lr_schedule", "onecycle", "--lr_scale_batch", "16"],
+                                     {"lr_schedule": "onecycle", "lr_scale_batch": 16}),
+    "nadam_multistep": (["--optimizer", "nadam", "--lr_schedule", "multistep", "--milestones", "1", "--gamma",
+                         "0.5"], {"milestones": [1], "gamma": 0.5}),
+    "adabelief_plateau": (["--optimizer", "adabelief", "--lr_schedule", "plateau", "--plateau_patience", "0"],
+                          {"lr_schedule": "plateau", "plateau_patience": 0}),
+    "novograd_freeze_backbone_lr": (["--optimizer", "novograd", "--freeze", "1", "--backbone_lr_scale", "0.1"],
+                                    {"freeze": 1, "backbone_lr_scale": 0.1}),
+    "adabound": (["--optimizer", "adabound"], {"optimizer": "adabound"}),
 }
 
 
@@ -66,7 +101,12 @@ def test_every_flag_is_exercised_somewhere():
     """A new flag must get a test: either here or in the listed tests that cover it."""
     covered_elsewhere = {"data", "epochs", "stop_epoch", "warmup", "batch_size", "workers", "checkpoint_dir",
                          "log_dir", "name", "device", "resume", "evaluation", "jit", "split", "output", "lr",
-                         "val_ratio", "pretrained", "prior_bias", "log_interval", "num_classes", "momentum"}
+                         "val_ratio", "pretrained", "prior_bias", "log_interval", "num_classes", "momentum",
+                         "sync_bn",  # sync_bn: tests/test_tricks.py (two real processes)
+                         "aug_preview",  # aug_preview: tests/test_aug_preview.py (writes a PNG, trains nothing)
+                         "decode",  # decode: tests/test_gpu_decode.py (JPEG photos; digits are PNG; train, eval, DDP)
+                         # the lr finder trains nothing to check here: tests/test_lr_find.py
+                         "lr_find", "lr_find_start", "lr_find_end", "lr_find_steps"}
     flags_here = {a.lstrip("-").removeprefix("no-") for flags, _ in FLAG_SETS.values() for a in flags
                   if a.startswith("--")}
     dests = {a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"}
@@ -129,3 +169,31 @@ def test_bce_export_outputs_probabilities(tiny_digits, tmp_path):
     assert proc.returncode == 0, proc.stderr
     for item in json.loads(proc.stdout):
         assert sum(p["probability"] for p in item["predictions"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_margin_loss_switches_and_head_options_resume_evaluate_and_export(tiny_digits, tmp_path):
+    weights = tmp_path / "class_weights.csv"
+    weights.write_text("class,weight\n" + "".join(f"{c},{1 + c / 10}\n" for c in range(10)))
+    flags = ["--criterion", "amsoftmax", "--pooling", "avgmax", "--dropout", "0.2", "--ghm_loss", "--ghm_momentum",
+             "0.9", "--weighted_loss", str(weights), "--no-amp", "--no-channels_last"]
+    full = train_once(tiny_digits, tmp_path, flags + ["--stop_epoch", "2"], name="full")
+    train_once(tiny_digits, tmp_path, flags, name="split")
+    entry.main(["--resume", str(tmp_path / "ck/split/last.pth"), "-j", "0"])
+    split = load_checkpoint(tmp_path / "ck/split/last.pth")
+    assert full["epoch"] == split["epoch"] == 1
+    assert split["config"]["head"] == "cosine" and split["config"]["weighted_loss"] == str(weights)
+    assert split["model"]["fc.weight"].shape == (10, 256) and "fc.bias" not in split["model"]  # cosine, avg+max
+    # GHM's running bin counts travel with the checkpoint, so the resumed run continues exactly
+    assert split["criterion"]["ghm.running_counts"].sum() > 0
+    assert torch.equal(full["criterion"]["ghm.running_counts"], split["criterion"]["ghm.running_counts"])
+    for key, tensor in full["model"].items():
+        assert torch.equal(tensor, split["model"][key]), f"{key} differs after resume"
+
+    out = tmp_path / "eval"
+    entry.main(["--evaluation", "--resume", str(tmp_path / "ck/split/last.pth"), "--split", "val", "--output",
+                str(out), "-j", "0"])
+    assert json.loads((out / "report.json").read_text())["top1"] == pytest.approx(split["metrics"]["val_top1"])
+    exported = tmp_path / "amsoftmax.pt"
+    entry.main(["--jit", "--resume", str(tmp_path / "ck/split/last.pth"), "--output", str(exported)])
+    probs = torch.jit.load(str(exported))(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    assert probs.shape == (2, 10) and torch.allclose(probs.sum(1), torch.ones(2))

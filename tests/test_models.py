@@ -11,7 +11,8 @@ import models
 from models.heads import find_classifier_name, replace_classifier
 
 # (name, input size). Our own models run at their native 28/32 px; the seed models at 64 px to stay fast.
-OWN_CASES = [("small_cnn", 28), ("small_cnn", 32), ("small_cnn_wide", 32)]
+OWN_CASES = [("small_cnn", 28), ("small_cnn", 32), ("small_cnn_wide", 32), ("wrn10_4", 28), ("wrn16_4", 28),
+             ("wrn16_8", 28), ("wrn28_10", 32)]
 SEED_CASES = [
     ("resnet18", 64),
     ("resnet50", 64),
@@ -227,3 +228,119 @@ def test_small_cnn_learns_digits() -> None:
 def test_prior_bias_without_bias_fails_clearly() -> None:
     with pytest.raises(ValueError, match="maxvit_t"):
         models.build_model("maxvit_t", num_classes=3, prior_bias=0.1)
+
+
+# --- head options: --head cosine, --dropout, --pooling avgmax ---------------------------------------------------
+
+HEAD_MODELS = [("small_cnn", 32), ("resnet18", 64), ("mobilenet_v3_small", 64), ("timm/resnet18", 64)]
+HEAD_OPTIONS = {
+    "cosine": {"head": "cosine"},
+    "dropout": {"dropout": 0.35},
+    "avgmax": {"pooling": "avgmax"},
+    "all": {"head": "cosine", "dropout": 0.35, "pooling": "avgmax"},
+}
+# Where each model keeps the dropout right before its classifier, and the Linear its pooled features enter.
+DROPOUT_SITE = {"small_cnn": lambda m: m.dropout.p, "resnet18": lambda m: m.fc.drop_rate,
+                "mobilenet_v3_small": lambda m: m.classifier[2].p, "timm/resnet18": lambda m: m.drop_rate}
+POOLED_LINEAR = {"small_cnn": (lambda m: m.fc, 128), "resnet18": (lambda m: m.fc, 512),
+                 "mobilenet_v3_small": (lambda m: m.classifier[0], 576), "timm/resnet18": (lambda m: m.fc, 512)}
+
+
+def classifier_input_and_output(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    seen = {}
+    hook = models.get_classifier(model).register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    with torch.no_grad():
+        out = model(x)
+    hook.remove()
+    return seen["x"], out
+
+
+@pytest.mark.parametrize("option", HEAD_OPTIONS)
+@pytest.mark.parametrize(("name", "size"), HEAD_MODELS)
+def test_head_options(name: str, size: int, option: str, tmp_path) -> None:
+    from applications.common import model_from_checkpoint
+    from config import Config
+
+    options = HEAD_OPTIONS[option]
+    torch.manual_seed(0)
+    model = models.build_model(name, num_classes=NUM_CLASSES, cosine_scale=16.0, **options).eval()
+    x = torch.randn(2, 3, size, size)
+    features, out = classifier_input_and_output(model, x)
+    assert out.shape == (2, NUM_CLASSES) and torch.isfinite(out).all()
+    classifier = models.get_classifier(model)
+    if options.get("head") == "cosine":
+        assert isinstance(classifier, models.CosineLinear) and classifier.bias is None
+        cosines = nn.functional.normalize(features, dim=1) @ nn.functional.normalize(classifier.weight, dim=1).T
+        assert torch.allclose(out, 16.0 * cosines, atol=1e-5)  # inference output is scale * cos(theta)
+    if "dropout" in options:
+        assert DROPOUT_SITE[name](model) == 0.35
+    pooled_linear, channels = POOLED_LINEAR[name]
+    assert pooled_linear(model).in_features == channels * (2 if options.get("pooling") == "avgmax" else 1)
+    # export: traced and frozen like applications/export.py
+    with torch.no_grad():
+        exported = torch.jit.freeze(torch.jit.trace(model, x))
+        assert torch.allclose(exported(x), out, atol=1e-5)
+    # a checkpoint's config rebuilds the same architecture (evaluation, export and resume rely on it)
+    cfg = Config(model=name, arc_scale=16.0, channels_last=False, **options)
+    ckpt = {"model": model.state_dict(), "class_names": [str(i) for i in range(NUM_CLASSES)]}
+    rebuilt = model_from_checkpoint(ckpt, cfg, torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), out)
+
+
+@pytest.mark.parametrize("name", models.list_models(source="registry"))
+def test_every_registered_model_takes_the_head_options(name: str) -> None:
+    model = models.build_model(name, num_classes=NUM_CLASSES, **HEAD_OPTIONS["all"]).eval()
+    assert isinstance(models.get_classifier(model), models.CosineLinear)
+    assert any(isinstance(m, models.AdaptiveAvgMaxPool2d) for m in model.modules())
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, NUM_CLASSES)
+
+
+def test_margin_criterion_builds_the_cosine_head_from_a_checkpoint_config() -> None:
+    from applications.common import model_options
+    from config import Config
+
+    # head None in the config: resolved from the criterion, as for checkpoints written before --head existed
+    assert model_options(Config(criterion="arcface"))["head"] == "cosine"
+    assert model_options(Config(criterion="softmax"))["head"] == "linear"
+    assert model_options(Config(criterion="amsoftmax", arc_scale=12.0))["cosine_scale"] == 12.0
+
+
+def test_avgmax_pool_and_dropout_linear() -> None:
+    x = torch.arange(8.0).view(1, 2, 2, 2)
+    assert models.AdaptiveAvgMaxPool2d()(x).flatten().tolist() == [1.5, 5.5, 3.0, 7.0]
+    layer = models.DropoutLinear(1000, 1, bias=False, drop_rate=0.5)
+    nn.init.ones_(layer.weight)
+    torch.manual_seed(0)
+    # inverted dropout: about half the inputs kept, scaled by 2, so the sum stays near 1000 in training
+    assert layer.train()(torch.ones(1, 1000)).item() == pytest.approx(1000, rel=0.1)
+    assert layer.eval()(torch.ones(1, 1000)).item() == 1000
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("densenet121", {"pooling": "avgmax"}, "densenet121 has no global average pooling module"),
+    ("vgg11", {"pooling": "avgmax"}, r"vgg11's avgpool pools to \(7, 7\)"),
+    ("convnext_tiny", {"pooling": "avgmax"}, "convnext_tiny's pooled features go into 'classifier.0', a LayerNorm2d"),
+    ("ghostnet_100", {"pooling": "avgmax"}, "timm's ghostnet_100 cannot be built with --pooling avgmax"),
+    ("squeezenet1_1", {"head": "cosine"}, "squeezenet1_1's final layer 'classifier.1' is a Conv2d"),
+    ("small_cnn", {"head": "arc"}, r"unknown head 'arc'; choose one of \['linear', 'cosine'\]"),
+    ("small_cnn", {"pooling": "max"}, r"unknown pooling 'max'; choose one of \['avg', 'avgmax'\]"),
+    ("small_cnn", {"dropout": 1.0}, r"--dropout must be in \[0, 1\)"),
+    ("small_cnn", {"head": "cosine", "prior_bias": 0.1}, "the cosine head has none"),
+])
+def test_unsupported_head_options_fail_naming_the_model(name: str, options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        models.build_model(name, num_classes=NUM_CLASSES, **options)
+
+
+def test_pretrained_skips_the_head_of_another_shape_with_head_options(tmp_path) -> None:
+    source = models.build_model("resnet18", num_classes=10)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    with pytest.warns(UserWarning, match=r"fc\.weight: file \(10, 512\) vs model \(7, 1024\)"):
+        model = models.build_model("resnet18", num_classes=NUM_CLASSES, pretrained=str(path), **HEAD_OPTIONS["all"])
+    assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    # --dropout alone keeps the classifier's parameter names, so a same-shaped head still loads
+    model = models.build_model("resnet18", num_classes=10, pretrained=str(path), dropout=0.2)
+    assert torch.equal(model.fc.weight, source.fc.weight)

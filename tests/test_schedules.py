@@ -1,3 +1,4 @@
+import io
 import math
 
 import pytest
@@ -54,10 +55,6 @@ def test_cosine_warms_up_linearly_then_decays_to_zero():
     assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
 
 
-def test_every_registered_schedule_is_covered():
-    assert set(SCHEDULES) == {"step", "cosine"}, "add the new schedule to the tests above"
-
-
 def test_unknown_schedule_and_bad_warmup_are_clear():
     opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], "adam", lr=0.1)
     with pytest.raises(ValueError, match="cosine"):
@@ -69,3 +66,184 @@ def test_unknown_schedule_and_bad_warmup_are_clear():
 def test_unknown_optimizer_suggests_closest():
     with pytest.raises(ValueError, match="did you mean 'adamw'"):
         build_optimizer([torch.nn.Parameter(torch.zeros(1))], "adamww", lr=0.1)
+
+
+# ---- every registered schedule: values at known steps ------------------------------------------------------------
+# One run shape for all: 10 epochs of 4 steps, 2 warmup epochs (steps 0-7), so the schedule proper starts at step 8.
+RUN = dict(epochs=10, warmup=2, steps=4)
+KNOWN = {
+    "step": ({}, {0: 0.1, 7: 0.1, 8: 1.0, 19: 1.0, 20: 0.1, 28: 0.01, 36: 0.001, 39: 0.001}),
+    "cosine": ({}, {0: 0.1, 4: 0.55, 8: 1.0, 24: 0.5, 39: 0.5 * (1 + math.cos(math.pi * 31 / 32))}),
+    # cycles of 2, 4, 8 epochs (8, 16, 32 steps) after warmup, peaks 1, 0.5, 0.25: restarts at steps 16 and 32
+    "sgdr": ({"restart_epochs": 2, "restart_mult": 2.0, "restart_decay": 0.5},
+             {0: 0.1, 8: 1.0, 12: 0.5, 15: 0.5 * (1 + math.cos(math.pi * 7 / 8)), 16: 0.5, 24: 0.25, 32: 0.25,
+              39: 0.25 * 0.5 * (1 + math.cos(math.pi * 7 / 32))}),
+    # rise 1/25 -> 1 over the 8 warmup steps, then cosine to 1e-4 over the 32 others
+    "onecycle": ({}, {0: 0.04, 4: 0.52, 8: 1.0, 24: 1e-4 + (1 - 1e-4) * 0.5,
+                      39: 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * 31 / 32))}),
+    "multistep": ({"milestones": [4, 7], "gamma": 0.1}, {0: 0.1, 4: 0.55, 8: 1.0, 15: 1.0, 16: 0.1, 27: 0.1,
+                                                          28: 0.01, 39: 0.01}),
+    "plateau": ({"plateau_patience": 1, "gamma": 0.5}, {0: 0.1, 4: 0.55, 8: 1.0, 39: 1.0}),  # no val loss given
+}
+
+
+def make(name: str, lrs: tuple[float, ...] = (1.0,), **options):
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in lrs]
+    opt = build_optimizer([{"params": [p], "lr": lr} for p, lr in zip(params, lrs)], "sgd", lr=1.0, momentum=0.0)
+    sched = build_scheduler(opt, name, epochs=RUN["epochs"], warmup=RUN["warmup"], steps_per_epoch=RUN["steps"],
+                            **options)
+    return opt, sched
+
+
+def lr_trace(name: str, val_losses: list[float] | None = None, **options) -> list[float]:
+    """lr used at every step of the run; ``val_losses[e]`` is reported after epoch e."""
+    opt, sched = make(name, **options)
+    trace = []
+    for step in range(RUN["epochs"] * RUN["steps"]):
+        trace.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        if val_losses and (step + 1) % RUN["steps"] == 0:
+            sched.end_epoch(val_losses[step // RUN["steps"]])
+    return trace
+
+
+def test_every_registered_schedule_has_known_values():
+    assert set(KNOWN) == set(SCHEDULES), "add the new schedule's values at known steps to KNOWN"
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN))
+def test_schedule_values_at_known_steps(name):
+    options, expected = KNOWN[name]
+    trace = lr_trace(name, **options)
+    assert {step: trace[step] for step in expected} == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN))
+def test_warmup_is_linear_up_to_the_full_lr(name):
+    options, _ = KNOWN[name]
+    warmup = lr_trace(name, **options)[:RUN["warmup"] * RUN["steps"] + 1]
+    if name == "step":  # the seed's rule: a constant 0.1, kept exactly
+        assert warmup[:-1] == [0.1] * 8 and warmup[-1] == 1.0
+        return
+    increments = [b - a for a, b in zip(warmup, warmup[1:])]
+    assert increments == pytest.approx([increments[0]] * 8) and increments[0] > 0
+    assert warmup[-1] == pytest.approx(1.0)
+
+
+def test_sgdr_restarts_at_cycle_boundaries():
+    trace = lr_trace("sgdr", restart_epochs=2, restart_mult=2.0)
+    restarts = [step for step in range(9, len(trace)) if trace[step] > trace[step - 1]]
+    assert restarts == [16, 32]
+    assert trace[16] == trace[32] == pytest.approx(1.0)  # restart_decay 1: every cycle peaks at the full lr
+    assert trace[15] < 0.04 and trace[31] < 0.01
+
+
+def test_multistep_drops_at_milestones_only():
+    trace = lr_trace("multistep", milestones=[3, 6, 8], gamma=0.5)
+    drops = [step for step in range(1, len(trace)) if trace[step] < trace[step - 1]]
+    assert drops == [12, 24, 32]
+    assert trace[-1] == pytest.approx(0.125)
+
+
+def test_plateau_reduces_after_patience_and_applies_at_once():
+    opt, sched = make("plateau", plateau_patience=2, gamma=0.1)
+    for _ in range(RUN["warmup"] * RUN["steps"]):
+        sched.step()
+    lrs = []
+    # epoch losses: improve, improve, then 0.89995 is within the 1e-4 relative threshold, so it counts as no
+    # improvement: bad epochs 1, 2, 3 > patience 2 -> drop after the 5th epoch; then 2 more bad + 1 -> drop again
+    for loss in [1.0, 0.9, 0.89995, 0.95, 0.95, 0.95, 0.95, 0.95]:
+        sched.end_epoch(loss)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.1, 0.01])
+
+
+def test_plateau_validates_its_options():
+    with pytest.raises(ValueError, match="--gamma"):
+        make("plateau", gamma=1.5)
+
+
+# epoch losses that make plateau (patience 1) drop twice, once on each side of the split below
+VAL_LOSSES = [2.0, 1.5, 1.6, 1.6, 1.4, 1.45, 1.45, 1.45, 1.3, 1.3]
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN))
+def test_resume_through_weights_only_checkpoint_is_exact(name):
+    options, _ = KNOWN[name]
+    full = lr_trace(name, VAL_LOSSES, **options)
+    opt, sched = make(name, **options)
+    trace = []
+    split = 5 * RUN["steps"]
+    for step in range(split):
+        trace.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        if (step + 1) % RUN["steps"] == 0:
+            sched.end_epoch(VAL_LOSSES[step // RUN["steps"]])
+    buffer = io.BytesIO()
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    opt, sched = make(name, **options)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    for step in range(split, RUN["epochs"] * RUN["steps"]):
+        trace.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        if (step + 1) % RUN["steps"] == 0:
+            sched.end_epoch(VAL_LOSSES[step // RUN["steps"]])
+    assert trace == full
+    if name == "plateau":
+        # patience 1, gamma 0.5: drops after epochs 3 and 6, on each side of the split
+        assert [trace[e * RUN["steps"]] for e in (3, 4, 6, 7)] == [1.0, 0.5, 0.5, 0.25]
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN))
+def test_every_param_group_follows_the_schedule(name):
+    options, _ = KNOWN[name]
+    opt, sched = make(name, lrs=(1.0, 0.1), **options)
+    for _ in range(RUN["epochs"] * RUN["steps"] - 1):
+        opt.step()
+        sched.step()
+        head, backbone = (group["lr"] for group in opt.param_groups)
+        assert backbone == pytest.approx(0.1 * head)
+
+
+def test_checkpoint_of_the_earlier_lambdalr_scheduler_still_loads():
+    opt, sched = make("cosine")
+    sched.load_state_dict({"last_epoch": 4, "base_lrs": [0.5], "_step_count": 5, "verbose": False,
+                           "_get_lr_called_within_step": False, "_last_lr": [0.275], "lr_lambdas": [None]})
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * 0.55)
+    assert opt.param_groups[0]["initial_lr"] == 0.5
+
+
+@pytest.mark.parametrize("options,match", [
+    ({}, "needs --milestones"),
+    ({"milestones": [5, 3]}, "increasing"),
+    ({"milestones": [1, 4]}, "--warmup 2"),
+    ({"milestones": [4, 10]}, "--epochs 10"),
+])
+def test_multistep_milestones_are_checked(options, match):
+    with pytest.raises(ValueError, match=match):
+        make("multistep", **options)
+
+
+def test_sgdr_options_are_checked():
+    with pytest.raises(ValueError, match="--restart_mult"):
+        make("sgdr", restart_mult=0.5)
+
+
+def test_onecycle_without_warmup_rises_over_30_percent():
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = build_optimizer([param], "sgd", lr=1.0, momentum=0.0)
+    sched = build_scheduler(opt, "onecycle", epochs=10, warmup=0, steps_per_epoch=10)
+    trace = []
+    for _ in range(100):
+        trace.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert trace[0] == pytest.approx(0.04) and max(trace) == trace[30] == pytest.approx(1.0)
+    assert trace[15] == pytest.approx(0.04 + 0.96 * 0.5)
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)  # after the last step

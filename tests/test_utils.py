@@ -78,3 +78,19 @@ def test_topk_and_report(tmp_path):
     paths = write_report(report, ["a", "b", "c"], tmp_path)
     assert all(p.stat().st_size > 0 for p in paths)
     assert (tmp_path / "confusion_matrix.csv").read_text().splitlines()[2] == "b,1,0,1"
+
+
+def test_results_table_reads_reports_and_summaries(tmp_path, capsys):
+    import json
+
+    from utils.results_table import main as results_table
+
+    run = tmp_path / "strategy_loss_focal"
+    (run / "eval_test").mkdir(parents=True)
+    (run / "eval_test" / "report.json").write_text(json.dumps({"top1": 91.234, "top5": 99.5, "macro_f1": 0.91}))
+    (run / "summary.csv").write_text("epoch,val_top1,ema_val_top1,seconds\n0,90.0,90.5,60\n1,91.0,90.9,30\n")
+    assert results_table([str(run), "--strip", "strategy_loss_"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row == "| focal | 91.23 | 99.50 | 0.9100 | 91.00 | 2 | 1.5 |"
+    with pytest.raises(FileNotFoundError, match="--evaluation"):
+        results_table([str(tmp_path / "missing")])

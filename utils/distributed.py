@@ -143,6 +143,37 @@ def broadcast_object(obj: object) -> object:
     return holder[0]
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """y = sum over ranks of x; the gradient of every rank's x is the sum over ranks of dL/dy."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_sum_differentiable(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks with autograd: the backward pass sums the incoming gradients over ranks too."""
+    return _AllReduceSum.apply(tensor) if is_dist() else tensor
+
+
+def average_buffers(model: torch.nn.Module) -> None:
+    """Replace every floating-point buffer by its mean over ranks (BN statistics recomputed per shard)."""
+    if is_dist():
+        world = get_world_size()
+        for buffer in model.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+                buffer.div_(world)
+
+
 def broadcast_buffers(model: torch.nn.Module) -> None:
     """Copy rank 0's buffers (BatchNorm running stats) to every rank.
 

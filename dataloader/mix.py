@@ -1,0 +1,233 @@
+"""Batch-level augmentation on the device: multi-scale resizing and the label-mixing family.
+
+Applied by training to the normalised float batch, after the loader (`BatchAugment`, built by
+`build_batch_augment`):
+
+- multi-scale (`--multi_scale`): the batch is resized to a shape chosen per step from a Generator seeded by
+  (seed, epoch, step) only, so every DDP rank picks the same shape without communicating;
+- mixes (`MIXES`: `--mixup`, `--cutmix`, `--ricap`): with probability `--mix_prob` per batch one of the
+  requested mixes (picked uniformly) blends images and returns soft targets of shape (N, C) that sum to 1.
+  Their randomness comes from a Generator seeded by (seed, epoch, step, rank), so a run repeats and resumes
+  exactly; ranks mix differently, as they hold different samples.
+
+A mix builds new targets from the labels; it never reads the losses' label smoothing, which the loss applies to
+the (N, C) probabilities it receives.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils.registry import Registry
+
+MIX_STREAM = 0x6D6978  # "mix"; these tags keep the streams apart from each other and from the per-item seeds
+SCALE_STREAM = 0x736361  # "sca"
+DEFAULT_SCALE_RATIOS = (0.75, 0.875, 1.0, 1.125, 1.25)
+
+Mix = Callable[[torch.Tensor, torch.Tensor, float, np.random.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+MIXES = Registry("batch mix")
+register_mix = MIXES.register
+
+
+def _permutation(rng: np.random.Generator, n: int, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(rng.permutation(n)).to(device)
+
+
+@register_mix("mixup")
+def mixup(images: torch.Tensor, probs: torch.Tensor, alpha: float,
+          rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """mixup (Zhang et al., 2018): lam * x + (1 - lam) * x[perm], lam ~ Beta(alpha, alpha); targets alike.
+
+    Written into `images` (the caller's per-step input buffer) instead of allocating another batch.
+    """
+    lam = float(rng.beta(alpha, alpha))
+    perm = _permutation(rng, images.shape[0], images.device)
+    images.lerp_(images[perm], 1.0 - lam)
+    return images, probs.lerp(probs[perm], 1.0 - lam)
+
+
+@register_mix("cutmix")
+def cutmix(images: torch.Tensor, probs: torch.Tensor, alpha: float,
+           rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix (Yun et al., 2019): paste one box of x[perm] into every image; targets weighted by area.
+
+    The box covers a share 1 - lam of the image (lam ~ Beta(alpha, alpha)) around a uniform centre and is
+    clipped at the border; the targets use the area actually pasted. Written into `images`.
+    """
+    h, w = images.shape[-2:]
+    lam = float(rng.beta(alpha, alpha))
+    cut_h, cut_w = int(h * np.sqrt(1.0 - lam)), int(w * np.sqrt(1.0 - lam))
+    cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
+    y1, y2 = np.clip([cy - cut_h // 2, cy + cut_h - cut_h // 2], 0, h)
+    x1, x2 = np.clip([cx - cut_w // 2, cx + cut_w - cut_w // 2], 0, w)
+    perm = _permutation(rng, images.shape[0], images.device)
+    images[:, :, y1:y2, x1:x2] = images[perm, :, y1:y2, x1:x2]
+    pasted = float((y2 - y1) * (x2 - x1)) / (h * w)
+    return images, probs.lerp(probs[perm], pasted)
+
+
+@register_mix("ricap")
+def ricap(images: torch.Tensor, probs: torch.Tensor, beta: float,
+          rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """RICAP (Takahashi et al., 2018): four crops of four shuffles of the batch tile each image.
+
+    The boundary (h, w) = (H, W) * Beta(beta, beta) splits the image into quadrants; quadrant k is a crop, at a
+    random position shared by the batch, of permutation k. Targets weight each source by its quadrant's area.
+    The crops are copied out before anything is written back into `images`.
+    """
+    height, width = images.shape[-2:]
+    h = int(round(height * rng.beta(beta, beta)))
+    w = int(round(width * rng.beta(beta, beta)))
+    quadrants = [(0, 0, h, w), (0, w, h, width - w), (h, 0, height - h, w), (h, w, height - h, width - w)]
+    crops, targets = [], torch.zeros_like(probs)
+    for top, left, qh, qw in quadrants:
+        perm = _permutation(rng, images.shape[0], images.device)
+        y, x = int(rng.integers(0, height - qh + 1)), int(rng.integers(0, width - qw + 1))
+        crops.append(images[perm, :, y:y + qh, x:x + qw])
+        targets += probs[perm] * (qh * qw / (height * width))
+    for (top, left, qh, qw), crop in zip(quadrants, crops):
+        images[:, :, top:top + qh, left:left + qw] = crop
+    return images, targets
+
+
+def as_probabilities(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N,) class indices to (N, C) one-hot floats; (N, C) targets pass through as float."""
+    if targets.ndim == 2:
+        return targets.float()
+    return F.one_hot(targets, num_classes).float()
+
+
+def hard_labels(targets: torch.Tensor) -> torch.Tensor:
+    """Class indices for accuracy: the targets themselves, or the argmax of (N, C) soft targets."""
+    return targets.argmax(dim=1) if targets.ndim == 2 else targets
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# multi-scale
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, multiple * int(value / multiple + 0.5))
+
+
+def multi_scale_shapes(image_size: Sequence[int], sizes: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """The (H, W) shapes multi-scale training chooses from.
+
+    Default: `image_size` times 0.75, 0.875, 1, 1.125 and 1.25, each side rounded to a multiple of 32
+    (of 8 when the short side is below 128 px, of 4 below 64 px). Given `sizes`, each S is the side of a square
+    input; for a non-square `image_size` it is the long side and the other side is scaled by the same ratio.
+    """
+    height, width = int(image_size[0]), int(image_size[1])
+    if sizes:
+        if min(sizes) <= 0:
+            raise ValueError(f"--multi_scale_sizes must be positive, got {list(sizes)}")
+        long_side = max(height, width)
+        shapes = [(max(1, round(height * s / long_side)), max(1, round(width * s / long_side))) for s in sizes]
+    else:
+        short = min(height, width)
+        multiple = 32 if short >= 128 else 8 if short >= 64 else 4
+        shapes = [(_round_to(height * r, multiple), _round_to(width * r, multiple)) for r in DEFAULT_SCALE_RATIOS]
+    return list(dict.fromkeys(shapes))  # without repeats, in order
+
+
+def resize_batch(images: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of an NCHW float batch, antialiased when shrinking; the memory format is kept."""
+    if tuple(images.shape[-2:]) == tuple(shape):
+        return images
+    shrinking = shape[0] < images.shape[-2] or shape[1] < images.shape[-1]
+    out = F.interpolate(images, size=tuple(shape), mode="bilinear", align_corners=False, antialias=shrinking)
+    if images.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the per-step batch transform used by training
+
+
+class BatchAugment:
+    """Multi-scale, then one mix, per training step; the identity when neither is configured."""
+
+    def __init__(self, *, shapes: list[tuple[int, int]] | None, mixes: dict[str, float], mix_prob: float,
+                 num_classes: int, seed: int, rank: int) -> None:
+        self.shapes = shapes
+        self.mixes: dict[str, tuple[Mix, float]] = {name: (MIXES.get(name), param) for name, param in mixes.items()}
+        self.mix_prob, self.num_classes, self.seed, self.rank = mix_prob, num_classes, seed, rank
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.shapes) or bool(self.mixes)
+
+    def shape_for(self, epoch: int, step: int) -> tuple[int, int]:
+        """The input shape of a step: a function of (seed, epoch, step) only, hence equal on every rank."""
+        rng = np.random.default_rng([SCALE_STREAM, self.seed, epoch, step])
+        return self.shapes[int(rng.integers(len(self.shapes)))]
+
+    def pick(self, epoch: int, step: int) -> tuple[str | None, np.random.Generator]:
+        """The mix of a step (None: this batch stays unmixed) and the Generator it goes on drawing from."""
+        rng = np.random.default_rng([MIX_STREAM, self.seed, epoch, step, self.rank])
+        apply, which = rng.random() < self.mix_prob, int(rng.integers(len(self.mixes)))
+        return (list(self.mixes)[which] if apply else None), rng
+
+    def mix(self, images: torch.Tensor, targets: torch.Tensor, *, epoch: int,
+            step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """With probability mix_prob, one of the mixes (uniformly); otherwise the batch as it was."""
+        name, rng = self.pick(epoch, step)
+        if name is None:
+            return images, targets
+        fn, param = self.mixes[name]
+        return fn(images, as_probabilities(targets, self.num_classes), param, rng)
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor, *, epoch: int,
+                 step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.shapes:
+            images = resize_batch(images, self.shape_for(epoch, step))
+        if self.mixes:
+            images, targets = self.mix(images, targets, epoch=epoch, step=step)
+        return images, targets
+
+    def describe(self) -> str:
+        """One line for people: the sizes and the mixes, or that the batch passes through."""
+        parts = []
+        if self.shapes:
+            parts.append("multi-scale " + ", ".join(f"{h}x{w}" for h, w in self.shapes))
+        if self.mixes:
+            mixes = " / ".join(f"{name} {param:g}" for name, (_, param) in self.mixes.items())
+            parts.append(f"{mixes} with p {self.mix_prob:g}")
+        return "; ".join(parts) or "no batch augmentation"
+
+    def __repr__(self) -> str:
+        mixes = {name: param for name, (_, param) in self.mixes.items()}
+        return f"{type(self).__name__}(shapes={self.shapes}, mixes={mixes}, mix_prob={self.mix_prob})"
+
+
+def build_batch_augment(
+    *,
+    image_size: Sequence[int],
+    num_classes: int,
+    seed: int,
+    rank: int = 0,
+    multi_scale: bool = False,
+    multi_scale_sizes: Sequence[int] | None = None,
+    mixup: float | None = None,
+    cutmix: float | None = None,
+    ricap: float | None = None,
+    mix_prob: float = 1.0,
+) -> BatchAugment:
+    """The training step's batch transform. mixup/cutmix take Beta alphas, ricap its beta; None leaves one out."""
+    if multi_scale_sizes and not multi_scale:
+        raise ValueError("--multi_scale_sizes only takes effect with --multi_scale; add --multi_scale")
+    if not 0.0 <= mix_prob <= 1.0:
+        raise ValueError(f"--mix_prob must be in [0, 1], got {mix_prob}")
+    mixes = {name: param for name, param in (("mixup", mixup), ("cutmix", cutmix), ("ricap", ricap))
+             if param is not None}
+    bad = {name: param for name, param in mixes.items() if not param > 0}
+    if bad:
+        raise ValueError(f"Beta parameters must be > 0, got {bad}; drop the flag to switch a mix off")
+    shapes = multi_scale_shapes(image_size, multi_scale_sizes) if multi_scale else None
+    return BatchAugment(shapes=shapes, mixes=mixes, mix_prob=mix_prob, num_classes=num_classes, seed=seed,
+                        rank=rank)

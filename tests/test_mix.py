@@ -1,0 +1,244 @@
+"""dataloader.mix: batch mixes (mixup, cutmix, RICAP) and multi-scale, on the device, repeatable from the seed.
+
+Mixes are checked on batches of constant images whose value is their class, so every pixel says where it came
+from: a soft target must give each source exactly the share of the image it contributes. The generic tests are
+parametrised over `MIXES`; `SPECIFIC_CHECKS` must name every entry.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import main as entry
+from criterions import build_criterion
+from dataloader.mix import (MIXES, BatchAugment, build_batch_augment, hard_labels, multi_scale_shapes,
+                            resize_batch)
+from utils.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+N, C = 8, 8
+
+
+def labelled_batch(n: int = N, shape=(3, 12, 20)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image i is constant with value i and class i."""
+    labels = torch.arange(n)
+    return labels.float().view(-1, 1, 1, 1).expand(n, *shape).contiguous(), labels
+
+
+def apply(name: str, seed: int = 0, param: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = labelled_batch()
+    return MIXES.get(name)(images, torch.nn.functional.one_hot(labels, C).float(), param,
+                           np.random.default_rng(seed))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# every registered mix
+
+
+@pytest.mark.parametrize("name", list(MIXES))
+def test_soft_targets_are_probabilities_matching_the_pixels(name):
+    for seed in range(10):
+        images, targets = apply(name, seed)
+        assert targets.shape == (N, C) and targets.dtype == torch.float32
+        assert (targets >= 0).all() and torch.allclose(targets.sum(dim=1), torch.ones(N))
+        # the mean pixel of a mixed image is the target-weighted mean of its sources' values (= their classes)
+        expected = targets @ torch.arange(C).float()
+        assert torch.allclose(images.mean(dim=(1, 2, 3)), expected, atol=1e-4), (seed, images.mean(dim=(1, 2, 3)))
+
+
+@pytest.mark.parametrize("name", list(MIXES))
+def test_mix_is_repeatable_from_its_generator(name):
+    first, again, other = apply(name, 5), apply(name, 5), apply(name, 6)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[1], other[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what each one does
+
+
+def check_mixup(images, targets):
+    """Every image is lam * itself + (1 - lam) * one partner, with one lam for the batch."""
+    own = targets.diagonal()
+    paired = own < 1 - 1e-6  # not mixed with itself
+    assert paired.any() and torch.allclose(own[paired], own[paired][0].expand(int(paired.sum())))
+    assert ((targets > 0).sum(dim=1) <= 2).all()
+    for i in range(N):
+        assert images[i].unique().numel() == 1  # a blend of two constant images is constant
+
+
+def check_cutmix(images, targets):
+    """One box is pasted from a partner: the partner's target weight equals the pasted area exactly."""
+    changed = images != torch.arange(N).float().view(-1, 1, 1, 1)
+    for i in range(N):
+        values = images[i].unique()
+        assert values.numel() <= 2
+        area = (images[i] != i).float().mean()
+        assert targets[i, i] == pytest.approx(1 - float(area), abs=1e-6) or targets[i].max() == 1
+    boxes = changed.any(dim=1)
+    rows, cols = boxes.any(dim=0).any(dim=1), boxes.any(dim=0).any(dim=0)
+    if rows.any():
+        assert rows.nonzero().squeeze(1).diff().eq(1).all() and cols.nonzero().squeeze(1).diff().eq(1).all()
+
+
+def check_ricap(images, targets):
+    """Four rectangles (quadrants around one boundary), each from one source; weights equal their areas."""
+    for i in range(N):
+        values = images[i].unique()
+        assert values.numel() <= 4
+        for value in values:
+            share = (images[i] == value).float().mean()
+            assert targets[i, int(value)] == pytest.approx(float(share), abs=1e-6)
+
+
+SPECIFIC_CHECKS = {"mixup": check_mixup, "cutmix": check_cutmix, "ricap": check_ricap}
+
+
+@pytest.mark.parametrize("name", list(SPECIFIC_CHECKS))
+def test_mix_does_what_it_says(name):
+    for seed in range(10):
+        SPECIFIC_CHECKS[name](*apply(name, seed))
+
+
+def test_every_registered_mix_has_a_specific_check():
+    missing = set(MIXES) - set(SPECIFIC_CHECKS)
+    assert not missing, f"batch mixes without a check in SPECIFIC_CHECKS: {sorted(missing)}"
+
+
+def test_cutmix_lambda_is_the_pasted_area():
+    images, labels = labelled_batch()
+    lams = []
+    for seed in range(30):
+        mixed, targets = apply("cutmix", seed)
+        partner_share = 1 - targets.diagonal()
+        pasted = (mixed != labels.float().view(-1, 1, 1, 1)).float().mean(dim=(1, 2, 3))
+        self_paired = targets.max(dim=1).values == 1  # an image paired with itself changes nothing
+        assert torch.allclose(partner_share[~self_paired], pasted[~self_paired], atol=1e-6)
+        lams.append(float(targets.diagonal()[~self_paired].mean()) if (~self_paired).any() else 1.0)
+    # Beta(1, 1) draws lam uniformly; boxes clipped at the border paste less than 1 - lam, and the targets follow
+    assert len(set(lams)) > 20 and min(lams) < 0.6
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the per-step batch transform
+
+
+def batch_augment(**kwargs) -> BatchAugment:
+    return build_batch_augment(**{"image_size": (12, 20), "num_classes": C, "seed": 1, **kwargs})
+
+
+def test_mix_prob_zero_leaves_the_batch_unchanged():
+    augment = batch_augment(mixup=0.8, cutmix=1.0, ricap=0.3, mix_prob=0.0)
+    for step in range(20):
+        images, labels = labelled_batch()
+        out, targets = augment(images.clone(), labels, epoch=0, step=step)
+        assert torch.equal(out, images) and targets is labels
+    identity = batch_augment()
+    images, labels = labelled_batch()
+    assert not identity.enabled and identity(images, labels, epoch=0, step=0) == (images, labels)
+
+
+def test_mixes_are_picked_per_batch_with_the_probability_and_repeat_from_the_seed():
+    augment = batch_augment(mixup=0.8, cutmix=1.0, mix_prob=0.6)
+    picks = [augment.pick(epoch=2, step=s)[0] for s in range(600)]
+    assert abs(sum(p is not None for p in picks) / 600 - 0.6) < 0.07
+    assert abs(picks.count("mixup") - picks.count("cutmix")) < 80 and "ricap" not in picks
+
+    def run(aug, epoch, step):
+        images, labels = labelled_batch()
+        return aug(images, labels, epoch=epoch, step=step)
+
+    same = [run(batch_augment(mixup=0.8, cutmix=1.0), 3, 7) for _ in range(2)]
+    assert torch.equal(same[0][0], same[1][0]) and torch.equal(same[0][1], same[1][1])
+    other_step = run(batch_augment(mixup=0.8, cutmix=1.0), 3, 8)
+    other_rank = run(batch_augment(mixup=0.8, cutmix=1.0, rank=1), 3, 7)
+    assert not torch.equal(same[0][1], other_step[1]) and not torch.equal(same[0][1], other_rank[1])
+
+
+def test_soft_targets_work_with_the_softmax_loss_and_train_accuracy():
+    augment = batch_augment(ricap=0.3)
+    images, labels = labelled_batch()
+    _, targets = augment(images, labels, epoch=0, step=0)
+    logits = torch.randn(N, C)
+    loss = build_criterion("softmax", num_classes=C, label_smoothing=0.1)(logits, targets)
+    assert torch.isfinite(loss)
+    assert torch.equal(hard_labels(targets), targets.argmax(dim=1)) and hard_labels(labels) is labels
+
+
+def test_bad_settings_fail_with_the_flag_to_fix():
+    with pytest.raises(ValueError, match="--multi_scale_sizes only takes effect with --multi_scale"):
+        batch_augment(multi_scale_sizes=[16, 24])
+    with pytest.raises(ValueError, match="--mix_prob"):
+        batch_augment(mixup=0.8, mix_prob=1.5)
+    with pytest.raises(ValueError, match="'cutmix': 0.0"):
+        batch_augment(cutmix=0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# multi-scale
+
+
+def test_default_multi_scale_shapes():
+    assert multi_scale_shapes((32, 32)) == [(24, 24), (28, 28), (32, 32), (36, 36), (40, 40)]
+    assert multi_scale_shapes((224, 224)) == [(160, 160), (192, 192), (224, 224), (256, 256), (288, 288)]
+    assert multi_scale_shapes((96, 96)) == [(72, 72), (88, 88), (96, 96), (112, 112), (120, 120)]
+    wide = multi_scale_shapes((24, 40))  # both sides scaled by the same ratio, then rounded
+    assert (24, 40) in wide and len(wide) == 5
+    assert all(abs(h / w - 24 / 40) < 0.1 for h, w in wide)
+    assert multi_scale_shapes((32, 32), [20, 32, 48]) == [(20, 20), (32, 32), (48, 48)]
+    assert multi_scale_shapes((30, 60), [40, 80]) == [(20, 40), (40, 80)]  # S is the long side
+
+
+def test_multi_scale_shape_is_the_same_on_every_rank_and_varies_by_step():
+    ranks = [batch_augment(multi_scale=True, rank=r, mixup=0.5) for r in range(3)]
+    shapes = [[aug.shape_for(epoch=1, step=s) for s in range(60)] for aug in ranks]
+    assert shapes[0] == shapes[1] == shapes[2]
+    assert set(shapes[0]) == set(ranks[0].shapes)  # every size is used
+    assert shapes[0] != [ranks[0].shape_for(epoch=2, step=s) for s in range(60)]
+    images, labels = labelled_batch()
+    out, _ = ranks[0](images, labels, epoch=1, step=0)
+    assert tuple(out.shape[-2:]) == shapes[0][0] and out.shape[:2] == (N, 3)
+
+
+def test_resize_batch_keeps_memory_format_and_antialiases_when_shrinking():
+    checker = (torch.arange(32).view(1, 1, 1, 32) + torch.arange(32).view(1, 1, 32, 1)) % 2
+    batch = checker.float().expand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    small = resize_batch(batch, (8, 8))
+    assert small.shape == (2, 3, 8, 8) and small.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(small, torch.full_like(small, 0.5), atol=0.05)  # aliasing would leave a pattern
+    assert resize_batch(batch, (32, 32)) is batch
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_digits(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "digits"
+    subprocess.run([sys.executable, "-m", "dataloader.prepare", "digits", "--out", str(out), "--limit", "40"],
+                   cwd=REPO, check=True, timeout=120, capture_output=True)
+    return out
+
+
+def test_resume_with_mixes_multi_scale_and_balance_is_exact(tiny_digits, tmp_path):
+    def args(name: str) -> list[str]:
+        return ["--data", str(tiny_digits), "--image_size", "32", "32", "-b", "8", "-j", "1", "--epochs", "2",
+                "--warmup", "0", "--device", "cpu", "--no-amp", "--no-channels_last", "--seed", "9",
+                "--checkpoint_dir", str(tmp_path / "ck"), "--log_dir", str(tmp_path / "logs"), "--name", name,
+                "--aug", "myaugment,erasing", "--mixup", "--cutmix", "--ricap", "--mix_prob", "0.8",
+                "--multi_scale", "--balance"]
+
+    entry.main(args("full"))
+    entry.main(args("split") + ["--stop_epoch", "1"])
+    entry.main(["--resume", str(tmp_path / "ck/split/last.pth"), "-j", "1"])
+    full, split = (load_checkpoint(tmp_path / f"ck/{n}/last.pth") for n in ("full", "split"))
+    assert full["epoch"] == split["epoch"] == 1
+    assert split["config"]["mixup"] == 0.8 and split["config"]["aug"] == "myaugment,erasing"
+    for key, tensor in full["model"].items():
+        assert torch.equal(tensor, split["model"][key]), f"{key} differs after resume"

@@ -40,6 +40,13 @@ AUG_SCALE_RANGE = (0.9, 1.1)
 AUG_MAX_TRANSLATE = 0.05  # fraction of width / height
 
 
+def item_rng(seed: int, epoch: int, index: int, draw: int = 0) -> np.random.Generator:
+    """The generator of one training item. ``draw`` counts earlier copies of the same index in the epoch (the
+    balanced sampler draws with replacement), so repeated copies get different augmentations; 0 keeps the seed
+    of (seed, epoch, index) alone."""
+    return np.random.default_rng([seed, epoch, index, draw] if draw else [seed, epoch, index])
+
+
 def _seed_from(rng: np.random.Generator) -> int:
     """A 63-bit seed for a child generator (torch, or numpy noise drawn only when it is used)."""
     return int(rng.integers(0, 2**63 - 1))
@@ -303,8 +310,8 @@ class AugmentationPipeline:
             raise ValueError("an augmentation pipeline needs at least one --aug name")
         self.stages = [AUGMENTATIONS.get(name)(pad_value=pad_value) for name in self.spec.split(",")]
 
-    def __call__(self, image: np.ndarray, *, seed: int, epoch: int, index: int) -> np.ndarray:
-        rng = np.random.default_rng([seed, epoch, index])
+    def __call__(self, image: np.ndarray, *, seed: int, epoch: int, index: int, draw: int = 0) -> np.ndarray:
+        rng = item_rng(seed, epoch, index, draw)
         for stage in self.stages:
             image = stage(image, rng)
         return image

@@ -175,6 +175,14 @@ def _discover_all(data_root: str, val_ratio: float, seed: int) -> tuple[dict, li
 # dataset
 
 
+def parse_key(key: int | tuple[int, ...]) -> tuple[int, int, int]:
+    """A sampler key as (index, epoch, draw): an int is (index, 0, 0); samplers yield (index, epoch) or, when an
+    index can repeat within an epoch, (index, epoch, draw) with draw = the number of earlier copies."""
+    if isinstance(key, (tuple, list)):
+        return int(key[0]), int(key[1]), int(key[2]) if len(key) > 2 else 0
+    return int(key), 0, 0
+
+
 class ImageClassificationDataset(Dataset):
     """Items are `(image_uint8_chw, label, index)`; keys are an int index or an `(index, epoch)` tuple.
 
@@ -231,15 +239,15 @@ class ImageClassificationDataset(Dataset):
         self._cache = cache
         return need / 2**30
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
-        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, int, int]:
+        index, epoch, draw = parse_key(key)
         path, label = self.samples[index]
         if self._cache is not None:
             image = self._cache[index]  # never written to: augmentation and to_chw_uint8 copy
         else:
             image = letterbox_resize(decode_image(path), self.image_size, self.pad_value)
         if self.augment is not None:
-            image = self.augment(image, seed=self.seed, epoch=epoch, index=index)
+            image = self.augment(image, seed=self.seed, epoch=epoch, index=index, draw=draw)
         return to_chw_uint8(image), label, index
 
     def __repr__(self) -> str:

@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from dataloader.augment import AUG_MAX_ROTATION_DEG, AUG_MAX_TRANSLATE, AUG_SCALE_RANGE
-from dataloader.datasets import DataSplits, ImageClassificationDataset
+from dataloader.augment import AUG_MAX_ROTATION_DEG, AUG_MAX_TRANSLATE, AUG_SCALE_RANGE, item_rng
+from dataloader.datasets import DataSplits, ImageClassificationDataset, parse_key
 from dataloader.preprocess import (ImageDecodeError, decode_image, letterbox_geometry, letterbox_resize,
                                    to_chw_uint8, truncation_reason)
 from utils.logger import get_logger
@@ -317,7 +317,7 @@ class EncodedImageDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[EncodedImage, int, int]:
-        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
+        index, epoch, draw = parse_key(key)
         path, label = self.samples[index]
         data = read_encoded(path)
         if is_device_jpeg(data):
@@ -326,7 +326,7 @@ class EncodedImageDataset(Dataset):
             letterboxed = letterbox_resize(decode_image(path), self.image_size, self.pad_value)
             image = EncodedImage(to_chw_uint8(letterboxed), decoded=True, path=path)
         if self.aug == "basic":
-            matrix = basic_affine_matrix(self.image_size, np.random.default_rng([self.seed, epoch, index]))
+            matrix = basic_affine_matrix(self.image_size, item_rng(self.seed, epoch, index, draw))
             image.theta = torch.from_numpy(affine_grid_theta(matrix, self.image_size)).float()
         return image, label, index
 

@@ -26,6 +26,17 @@ def balanced_weights(labels: Sequence[int]) -> np.ndarray:
     return weights / weights.sum()
 
 
+def occurrence_numbers(indices: np.ndarray) -> np.ndarray:
+    """For each position, how many times its index occurred before it in the draw (0 for the first copy)."""
+    order = np.argsort(indices, kind="stable")
+    sorted_indices = indices[order]
+    starts = np.flatnonzero(np.r_[True, sorted_indices[1:] != sorted_indices[:-1]])
+    run_start = np.repeat(starts, np.diff(np.r_[starts, len(indices)]))
+    numbers = np.empty(len(indices), dtype=np.int64)
+    numbers[order] = np.arange(len(indices)) - run_start
+    return numbers
+
+
 class ClassBalancedDistributedSampler(Sampler[tuple[int, int]]):
     """Yields this rank's `(index, epoch)` keys of one class-balanced draw per epoch; call `set_epoch` each epoch.
 
@@ -54,10 +65,12 @@ class ClassBalancedDistributedSampler(Sampler[tuple[int, int]]):
         rng = np.random.default_rng([BALANCE_STREAM, self.seed, epoch])
         return rng.choice(len(self.weights), size=self.total_size, replace=True, p=self.weights)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
         epoch = self.epoch
-        shard = self.draw(epoch)[self.rank::self.num_replicas]
-        return ((int(index), epoch) for index in shard)
+        indices = self.draw(epoch)
+        copies = occurrence_numbers(indices)
+        keep = slice(self.rank, None, self.num_replicas)
+        return ((int(index), epoch, int(copy)) for index, copy in zip(indices[keep], copies[keep]))
 
     def __len__(self) -> int:
         return self.num_samples

@@ -31,7 +31,7 @@ def test_balanced_draw_gives_every_class_the_same_share():
     drawn = Counter()
     for epoch in range(20):
         sampler.set_epoch(epoch)
-        drawn.update(LABELS[index] for index, _ in sampler)
+        drawn.update(LABELS[key[0]] for key in sampler)
     total = sum(drawn.values())
     assert total == 20 * len(LABELS)
     for label in COUNTS:
@@ -134,8 +134,11 @@ def test_two_real_processes_get_disjoint_shards_of_the_same_draw(tmp_path):
     assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["steps_all_ranks"] == 8  # 4 full batches each
     reference = ClassBalancedDistributedSampler([label for _, label in samples], num_replicas=2, rank=0, seed=4)
     for epoch in ("0", "1"):
-        shards = [[index for index, key_epoch in r["epochs"][epoch]["keys"]] for r in ranks]
-        assert all(key_epoch == int(epoch) for r in ranks for _, key_epoch in r["epochs"][epoch]["keys"])
+        shards = [[key[0] for key in r["epochs"][epoch]["keys"]] for r in ranks]
+        assert all(key[1] == int(epoch) for r in ranks for key in r["epochs"][epoch]["keys"])
+        # copies of an index are numbered across the whole draw, so no two keys of the epoch are equal
+        all_keys = [tuple(key) for r in ranks for key in r["epochs"][epoch]["keys"]]
+        assert len(set(all_keys)) == len(all_keys)
         assert len(shards[0]) == len(shards[1]) == 17
         interleaved = [shards[p % 2][p // 2] for p in range(34)]
         assert interleaved == reference.draw(int(epoch)).tolist()  # one draw, each position on one rank
@@ -157,3 +160,22 @@ def test_torchrun_training_with_every_augmentation_and_sampling_option(tmp_path)
     ckpt = load_checkpoint(tmp_path / "ck/ddp/last.pth")
     assert ckpt["config"]["balance"] and ckpt["config"]["multi_scale"] and ckpt["config"]["ricap"] == 0.3
     assert np.isfinite(ckpt["metrics"]["train_loss"]) and 0 <= ckpt["metrics"]["train_top1"] <= 100
+
+
+def test_repeated_draws_get_their_own_augmentation():
+    """With replacement a rare-class image appears several times per epoch; each copy is numbered, and the
+    numbered copies are augmented differently (the first copy keeps the (seed, epoch, index) augmentation)."""
+    from dataloader.augment import build_augmentation
+    from dataloader.sampler import occurrence_numbers
+
+    assert occurrence_numbers(np.array([5, 3, 5, 5, 3, 9])).tolist() == [0, 0, 1, 2, 1, 0]
+    sampler = ClassBalancedDistributedSampler(LABELS, num_replicas=1, rank=0, seed=3)
+    keys = list(sampler)
+    repeated = [k for k in keys if k[2] > 0]
+    assert repeated, "the imbalanced LABELS must produce repeats"
+    pipeline = build_augmentation("basic,erasing")
+    image = np.random.default_rng(0).integers(0, 255, (24, 24, 3), dtype=np.uint8)
+    index = repeated[0][0]
+    first = pipeline(image, seed=1, epoch=0, index=index)
+    assert np.array_equal(first, pipeline(image, seed=1, epoch=0, index=index, draw=0))
+    assert not np.array_equal(first, pipeline(image, seed=1, epoch=0, index=index, draw=1))

@@ -24,7 +24,7 @@ from optim import BackboneFreezer
 from optim.averaging import build_ema, build_swa, swa_start_epoch, update_bn
 from utils.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from utils.distributed import (DistInfo, average_buffers, broadcast_buffers, broadcast_object, cleanup_distributed,
-                               init_distributed, reduce_sum, wrap_ddp)
+                               init_distributed, reduce_sum, unwrap, wrap_ddp)
 from utils.hardware import choose_amp, choose_channels_last, describe_hardware
 from utils.logger import RunRecorder, setup_logging
 from utils.metrics import topk_correct
@@ -278,9 +278,8 @@ def no_sync(model) -> contextlib.AbstractContextManager:
 
 
 def unwrap_model(model) -> torch.nn.Module:
-    inner = getattr(model, "_orig_mod", model)
-    return getattr(inner, "module", inner) if isinstance(inner, torch.nn.parallel.DistributedDataParallel) \
-        else inner
+    """The trained network under a torch.compile wrapper and/or DDP."""
+    return unwrap(getattr(model, "_orig_mod", model))
 
 
 def maybe_compile(model, raw_model: torch.nn.Module, cfg: Config, info: DistInfo, log):

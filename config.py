@@ -109,6 +109,7 @@ class Config:
     jit: bool = False
     split: str = "test"
     output: str | None = None
+    tta: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -297,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--jit", action="store_true", help="export --resume to TorchScript (traced, frozen)")
     g.add_argument("--split", default=d.split, help="split for --evaluation: train, val or test")
     g.add_argument("--output", default=d.output, help="output path (export file or evaluation directory)")
+    g.add_argument("--tta", nargs="?", const="flip", default=d.tta, metavar="GROUP[,GROUP...]",
+                   help="test-time augmentation for --evaluation, class probabilities averaged over the views: flip "
+                        "(mirror, 2 views; what a bare --tta means), crop (5 crops shifted by 1/16 of the side), "
+                        "scale (0.875x, 1x, 1.125x); groups multiply")
     return p
 
 

@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg, explicit = parse_config(argv)
     if sum(map(bool, (cfg.evaluation, cfg.jit, cfg.aug_preview is not None, cfg.lr_find))) > 1:
         sys.exit("choose one of --evaluation, --jit, --aug_preview and --lr_find")
+    if cfg.tta and not cfg.evaluation:
+        sys.exit("--tta is test-time augmentation: use it with --evaluation --resume CKPT")
     if cfg.evaluation:
         from applications.evaluate import evaluate
         evaluate(cfg, explicit)

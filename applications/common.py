@@ -14,6 +14,7 @@ from criterions import build_criterion, resolve_class_weights, resolve_head
 from dataloader.gpu_decode import EncodedBatch
 from dataloader.mix import BatchAugment, build_batch_augment
 from dataloader.preprocess import Preprocessing, normalize_on_device
+from dataloader.tta import TestTimeAugmentation
 from models import build_model
 from models.heads import find_classifier_name
 from optim import Scheduler, build_optimizer, build_scheduler, param_groups, scale_lr_by_batch
@@ -24,7 +25,7 @@ from utils.logger import get_logger
 # Options that describe how to run, not what was trained: on resume they come from the command line.
 # --decode is one of them: where decoding runs depends on the machine (a GPU run's checkpoint evaluated on a laptop).
 RUNTIME_FLAGS = {"resume", "evaluation", "jit", "device", "workers", "output", "split", "stop_epoch", "aug_preview",
-                 "decode"}
+                 "decode", "tta"}
 
 
 def resolve_config(cfg: Config, explicit: set[str]) -> tuple[Config, dict | None]:
@@ -148,6 +149,36 @@ def predict(model: torch.nn.Module, loader, cfg: Config, preprocessing: Preproce
     # DistributedSampler pads every shard to the same non-zero length, so each rank has a batch here.
     assert logits, f"empty data set: {len(loader.dataset)} samples"
     return gather_predictions(torch.cat(indices), torch.cat(logits), torch.cat(targets))
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, loader, cfg: Config, preprocessing: Preprocessing, device: torch.device,
+                  tta: TestTimeAugmentation | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Class probabilities for every sample, all-gathered in index order; with ``tta`` the mean over its views.
+
+    Returns ``(indices, probs, targets)`` identical on every rank; probs are float32 rows summing to 1.
+    """
+    if tta is None:
+        indices, logits, targets = predict(model, loader, cfg, preprocessing, device)
+        return indices, scores_to_probs(logits, cfg.criterion), targets
+    model.eval()
+    indices, probs, targets = [], [], []
+    for images, labels, idx in loader:
+        if isinstance(images, EncodedBatch):
+            images = images.decode(device)
+        images = images.to(device, non_blocking=True)
+        total = None
+        for view in tta.views(images):
+            with autocast(cfg, device):
+                out = model(normalize_on_device(view, preprocessing.mean, preprocessing.std,
+                                                channels_last=cfg.channels_last))
+            p = scores_to_probs(out.float(), cfg.criterion)
+            total = p if total is None else total + p
+        probs.append(total / len(tta))
+        targets.append(labels.to(device))
+        indices.append(idx.to(device))
+    assert probs, f"empty data set: {len(loader.dataset)} samples"
+    return gather_predictions(torch.cat(indices), torch.cat(probs), torch.cat(targets))
 
 
 def run_dir(cfg: Config) -> Path:

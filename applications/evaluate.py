@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from applications.common import model_from_checkpoint, predict, preprocessing_of, resolve_config, scores_to_probs
+from applications.common import model_from_checkpoint, predict_probs, preprocessing_of, resolve_config
 from config import Config
 from dataloader import EncodedImageDataset, build_loader, build_split_dataset
+from dataloader.tta import build_tta
 from utils.distributed import cleanup_distributed, init_distributed
 from utils.hardware import choose_amp
 from utils.logger import setup_logging
@@ -30,16 +31,20 @@ def evaluate(cfg: Config, explicit: set[str]) -> dict:
         loader = build_loader(dataset, batch_size=cfg.batch_size, workers=cfg.workers, train=False, seed=cfg.seed,
                               rank=info.rank, world_size=info.world_size, pin_memory=info.device.type == "cuda")
         model = model_from_checkpoint(ckpt, cfg, info.device)
-        _, logits, targets = predict(model, loader, cfg, preprocessing_of(cfg), info.device)
-        probs = scores_to_probs(logits, cfg.criterion).cpu().numpy()
-        report = classification_report(probs, targets.cpu().numpy(), class_names)
+        tta = build_tta(cfg.tta, image_size=cfg.image_size)
+        if tta is not None:
+            log.info("test-time augmentation: %s, probabilities averaged", tta.describe())
+        _, probs, targets = predict_probs(model, loader, cfg, preprocessing_of(cfg), info.device, tta)
+        report = classification_report(probs.cpu().numpy(), targets.cpu().numpy(), class_names)
         report.update({"checkpoint": str(cfg.resume), "split": cfg.split, "data": cfg.data,
-                       "world_size": info.world_size})
+                       "world_size": info.world_size, "tta": tta.describe() if tta else None})
         if info.is_main:
-            out_dir = Path(cfg.output) if cfg.output else Path(cfg.resume).parent / f"eval_{cfg.split}"
+            suffix = f"_tta_{'_'.join(tta.groups)}" if tta else ""
+            out_dir = Path(cfg.output) if cfg.output else Path(cfg.resume).parent / f"eval_{cfg.split}{suffix}"
             paths = write_report(report, class_names, out_dir)
-            log.info("%s split of %s: %d images, top-1 %.2f%%, top-5 %.2f%%, macro F1 %.4f", cfg.split, cfg.data,
-                     report["samples"], report["top1"], report["top5"], report["macro_f1"])
+            log.info("%s split of %s%s: %d images, top-1 %.2f%%, top-5 %.2f%%, macro F1 %.4f", cfg.split, cfg.data,
+                     f" with TTA {tta.describe()}" if tta else "", report["samples"], report["top1"], report["top5"],
+                     report["macro_f1"])
             log.info("report written to %s", ", ".join(str(p) for p in paths))
         return report
     finally:

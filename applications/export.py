@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from applications.common import model_from_checkpoint, preprocessing_of, resolve_config, scores_to_probs
+from applications.common import model_from_checkpoint, preprocessing_of, resolve_config
 from config import Config
 from dataloader import build_split_dataset
 from dataloader.preprocess import Preprocessing

@@ -1,8 +1,6 @@
 """`--aug_preview N`: one PNG grid of augmented training samples, written without training."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -14,15 +12,6 @@ from applications.aug_preview import CAPTION_LINE, GAP, caption, grid_size
 from config import Config
 from dataloader.mix import build_batch_augment
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "digits"
-    subprocess.run([sys.executable, "-m", "dataloader.prepare", "digits", "--out", str(out), "--limit", "40"],
-                   cwd=REPO, check=True, timeout=120, capture_output=True)
-    return out
 
 
 def preview(data: Path, tmp_path: Path, extra: list[str]) -> None:

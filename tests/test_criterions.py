@@ -302,6 +302,43 @@ def test_ghm_loss_matches_hand_computation():
     assert float(loss) == pytest.approx(float((ce[:3].sum() * 2 / 3 + ce[3] * 2) / 4), rel=1e-6)
 
 
+def reference_ghmc(logits, targets, bins, momentum, acc_sum):
+    """GHM-C for sigmoid outputs as mmdetection's GHMC writes it (edges, per-bin loop, tot / num_in_bin, / n),
+    except that a bin's first moving average starts from its count (ours; mmdetection starts from 0)."""
+    edges = torch.arange(bins + 1).float() / bins
+    edges[-1] += 1e-6
+    g = (torch.sigmoid(logits) - targets).abs()
+    tot = g.numel()
+    weights, n = torch.zeros_like(g), 0
+    for i in range(bins):
+        inds = (g >= edges[i]) & (g < edges[i + 1])
+        num_in_bin = int(inds.sum())
+        if num_in_bin > 0:
+            if momentum > 0:
+                acc_sum[i] = num_in_bin if acc_sum[i] == 0 else momentum * acc_sum[i] + (1 - momentum) * num_in_bin
+                weights[inds] = tot / acc_sum[i]
+            else:
+                weights[inds] = tot / num_in_bin
+            n += 1
+    weights = weights / max(n, 1)
+    return F.binary_cross_entropy_with_logits(logits, targets, weights, reduction="sum") / tot
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.75])
+def test_ghm_bce_equals_the_reference_ghmc_over_several_batches(momentum):
+    """Ours sums bce over classes and averages over samples, i.e. C x the reference's mean over elements."""
+    torch.manual_seed(0)
+    classes, bins = 10, 10
+    criterion = build_criterion("bce", num_classes=classes, ghm_bins=bins, ghm_momentum=momentum)
+    acc_sum = [0.0] * bins
+    for step in range(3):
+        logits = (torch.randn(32, classes) * (1 + 2 * step)).requires_grad_()
+        labels = torch.randint(0, classes, (32,))
+        ours = criterion(logits, labels)
+        ref = reference_ghmc(logits.detach(), F.one_hot(labels, classes).float(), bins, momentum, acc_sum)
+        assert float(ours.detach()) == pytest.approx(classes * float(ref), rel=1e-5), f"step {step}"
+
+
 def test_ghm_statistics_move_only_on_training_steps():
     criterion = build_criterion("bce", num_classes=3, ghm_bins=4, ghm_momentum=0.9)
     criterion(LOGITS, TARGETS)  # validation: logits without grad

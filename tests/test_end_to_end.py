@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,24 +14,9 @@ from applications.common import preprocessing_of
 from applications.train import NonFiniteLossError
 from config import Config
 from dataloader.preprocess import ImageDecodeError, load_image_tensor, normalize_on_device
+from helpers import run, torchrun
 from models import build_model
 from utils.checkpoint import load_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-TIMEOUT = 300  # every subprocess is bounded, so a hung collective fails the test instead of the CI run
-
-
-def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT, **kwargs)
-    output = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{output}"
-    return proc
-
-
-def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                "main.py", *args])
 
 
 @pytest.fixture(scope="module")

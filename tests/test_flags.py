@@ -18,14 +18,6 @@ from utils.checkpoint import load_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "digits"
-    subprocess.run([sys.executable, "-m", "dataloader.prepare", "digits", "--out", str(out), "--limit", "40"],
-                   cwd=REPO, check=True, timeout=120, capture_output=True)
-    return out
-
-
 def train_once(data: Path, out: Path, extra: list[str], name: str = "run") -> dict:
     entry.main(["--data", str(data), "--epochs", "2", "--stop_epoch", "1", "--warmup", "0", "-b", "8", "-j", "0",
                 "--image_size", "32", "32", "--checkpoint_dir", str(out / "ck"), "--log_dir", str(out / "logs"),
@@ -104,6 +96,7 @@ def test_every_flag_is_exercised_somewhere():
                          "val_ratio", "pretrained", "prior_bias", "log_interval", "num_classes", "momentum",
                          "sync_bn",  # sync_bn: tests/test_tricks.py (two real processes)
                          "aug_preview",  # aug_preview: tests/test_aug_preview.py (writes a PNG, trains nothing)
+                         "tta",  # tta: tests/test_tta.py (views, probabilities by hand, evaluation)
                          "decode",  # decode: tests/test_gpu_decode.py (JPEG photos; digits are PNG; train, eval, DDP)
                          # the lr finder trains nothing to check here: tests/test_lr_find.py
                          "lr_find", "lr_find_start", "lr_find_end", "lr_find_steps"}

@@ -47,14 +47,6 @@ def test_freeze_zero_changes_nothing():
     assert freezer.set_epoch(0) is False and all(p.requires_grad for p in model.parameters())
 
 
-@pytest.fixture(scope="module")
-def tiny_digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "digits"
-    subprocess.run([sys.executable, "-m", "dataloader.prepare", "digits", "--out", str(out), "--limit", "40"],
-                   cwd=REPO, check=True, timeout=120, capture_output=True)
-    return out
-
-
 def common_args(data: Path, out: Path, name: str) -> list[str]:
     return ["--data", str(data), "--epochs", "3", "--freeze", "1", "--warmup", "0", "-b", "8", "-j", "0",
             "--image_size", "32", "32", "--checkpoint_dir", str(out / "ck"), "--log_dir", str(out / "logs"),

@@ -42,14 +42,6 @@ def test_suggestions_on_a_known_curve():
     assert result["min_div10"] == pytest.approx(1e-2, rel=1e-6)
 
 
-@pytest.fixture(scope="module")
-def tiny_digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "digits"
-    subprocess.run([sys.executable, "-m", "dataloader.prepare", "digits", "--out", str(out), "--limit", "40"],
-                   cwd=REPO, check=True, timeout=120, capture_output=True)
-    return out
-
-
 def lr_find_args(data: Path, out: Path, steps: int) -> list[str]:
     return ["--lr_find", "--data", str(data), "-b", "8", "-j", "0", "--device", "cpu", "--no-amp",
             "--no-channels_last", "--optimizer", "sgd", "--lr_find_start", "1e-4", "--lr_find_end", "1e4",

@@ -6,10 +6,6 @@ parametrised over `MIXES`; `SPECIFIC_CHECKS` must name every entry.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -20,7 +16,6 @@ from dataloader.mix import (MIXES, BatchAugment, build_batch_augment, hard_label
                             resize_batch)
 from utils.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 N, C = 8, 8
 
 
@@ -216,14 +211,6 @@ def test_resize_batch_keeps_memory_format_and_antialiases_when_shrinking():
 
 # ---------------------------------------------------------------------------------------------------------------
 # training end to end
-
-
-@pytest.fixture(scope="module")
-def tiny_digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "digits"
-    subprocess.run([sys.executable, "-m", "dataloader.prepare", "digits", "--out", str(out), "--limit", "40"],
-                   cwd=REPO, check=True, timeout=120, capture_output=True)
-    return out
 
 
 def test_resume_with_mixes_multi_scale_and_balance_is_exact(tiny_digits, tmp_path):

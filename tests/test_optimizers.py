@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,6 @@ from optim import OPTIMIZERS, build_optimizer, build_scheduler, param_groups, sc
 from optim.adabound import AdaBound
 from utils.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 
 # A learning rate that suits each optimizer on the tiny problem below; a new registry entry must add one.
 LRS = {"sgd": 0.1, "adam": 0.03, "adamw": 0.03, "radam": 0.1, "nadam": 0.03, "ranger": 0.1, "lamb": 0.03,
@@ -188,14 +185,6 @@ def test_adabound_starts_like_adam():
         (param ** 2).sum().backward()
         optimizer.step()
     assert torch.allclose(a, b, rtol=0, atol=1e-9)
-
-
-@pytest.fixture(scope="module")
-def tiny_digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "digits"
-    subprocess.run([sys.executable, "-m", "dataloader.prepare", "digits", "--out", str(out), "--limit", "40"],
-                   cwd=REPO, check=True, timeout=120, capture_output=True)
-    return out
 
 
 def run_main(data: Path, out: Path, name: str, extra: list[str]) -> dict:

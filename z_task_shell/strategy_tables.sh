@@ -33,12 +33,14 @@ if [ "$WHICH" = losses ] || [ "$WHICH" = all ]; then
   run strategy_loss_bce --aug --criterion bce
   run strategy_loss_focal --aug --criterion focal --focal_gamma 2
   run strategy_loss_ghm_bce --aug --criterion bce --ghm_loss
+  run strategy_loss_ghm_bce_30bins_momentum --aug --criterion bce --ghm_loss --ghm_bins 30 --ghm_momentum 0.75
   run strategy_loss_ohm_bce --aug --criterion bce --ohm_loss --ohm_ratio 0.7
   run strategy_loss_weighted_bce --aug --criterion bce --weighted_loss
   run strategy_loss_threshold_bce --aug --criterion bce --threshold_loss
   $PY -m utils.results_table checkpoints/strategy_loss_softmax checkpoints/strategy_loss_label_smoothing \
     checkpoints/strategy_loss_bce checkpoints/strategy_loss_focal checkpoints/strategy_loss_ghm_bce \
-    checkpoints/strategy_loss_ohm_bce checkpoints/strategy_loss_weighted_bce checkpoints/strategy_loss_threshold_bce \
+    checkpoints/strategy_loss_ghm_bce_30bins_momentum checkpoints/strategy_loss_ohm_bce \
+    checkpoints/strategy_loss_weighted_bce checkpoints/strategy_loss_threshold_bce \
     --strip strategy_loss_ | tee docs/results/strategy_losses.md
 fi
 

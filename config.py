@@ -103,13 +103,20 @@ class Config:
     log_dir: str = "logs"
     name: str | None = None
     log_interval: int = 20
+    keep_epochs: int = 0
     # applications
-    resume: str | None = None
+    resume: str | list[str] | None = None
     evaluation: bool = False
     jit: bool = False
     split: str = "test"
     output: str | None = None
     tta: str | None = None
+    predict: str | None = None
+    ensemble_weights: list[float] | None = None
+    probabilities: bool = False
+    average_last: int | None = None
+    average: list[str] | None = None
+    update_bn: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -291,9 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log_dir", default=d.log_dir, help="TensorBoard runs go to LOG_DIR/NAME/")
     g.add_argument("--name", default=d.name, help="run name (default: MODEL-YYYYmmdd-HHMMSS)")
     g.add_argument("--log_interval", type=int, default=d.log_interval, help="steps between progress updates")
+    g.add_argument("--keep_epochs", type=int, default=d.keep_epochs, metavar="K",
+                   help="also keep the checkpoints of the last K epochs as epoch_NNN.pth (for --average_last)")
     g = p.add_argument_group("applications")
-    g.add_argument("--resume", default=d.resume,
-                   help="checkpoint: continue training, or the model for --evaluation / --jit")
+    g.add_argument("--resume", nargs="+", default=d.resume, metavar="CKPT",
+                   help="checkpoint: continue training, or the model for --evaluation / --jit / --onnx; --predict "
+                        "takes several (checkpoints or exported .pt / .onnx files) and averages their probabilities")
     g.add_argument("--evaluation", action="store_true", help="evaluate --resume on --split and write a report")
     g.add_argument("--jit", action="store_true", help="export --resume to TorchScript (traced, frozen)")
     g.add_argument("--split", default=d.split, help="split for --evaluation: train, val or test")
@@ -302,6 +312,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time augmentation for --evaluation, class probabilities averaged over the views: flip "
                         "(mirror, 2 views; what a bare --tta means), crop (5 crops shifted by 1/16 of the side), "
                         "scale (0.875x, 1x, 1.125x); groups multiply")
+    g.add_argument("--predict", default=d.predict, metavar="DIR_OR_CSV",
+                   help="write a submission CSV (filename,label) for the images of a folder or a CSV list, with "
+                        "--resume CKPT [CKPT ...] (an ensemble), optional --tta and --probabilities")
+    g.add_argument("--ensemble_weights", type=float, nargs="+", default=d.ensemble_weights, metavar="W",
+                   help="--predict: one weight per --resume model for the probability average (default: equal)")
+    g.add_argument("--probabilities", action="store_true",
+                   help="--predict: add one probability column per class to the submission CSV")
+    g.add_argument("--average_last", type=int, default=d.average_last, metavar="K",
+                   help="average the weights of the last K epoch checkpoints of the run of --resume (written with "
+                        "--keep_epochs) into one checkpoint")
+    g.add_argument("--average", nargs="+", default=d.average, metavar="CKPT",
+                   help="average the weights of these checkpoints (same model) into one checkpoint")
+    g.add_argument("--update_bn", action="store_true",
+                   help="after --average / --average_last: recompute BatchNorm statistics on the training split")
     return p
 
 
@@ -326,4 +350,6 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> s
 def parse_config(argv: list[str] | None = None) -> tuple[Config, set[str]]:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if isinstance(args.resume, list) and len(args.resume) == 1:
+        args.resume = args.resume[0]  # one checkpoint, as every application but --predict takes
     return Config(**vars(args)), explicit_flags(parser, argv)

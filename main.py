@@ -4,6 +4,8 @@
     torchrun --nproc_per_node 2 main.py --data data/digits  # train with DDP
     python main.py --evaluation --resume checkpoints/RUN/best.pth
     python main.py --jit --resume checkpoints/RUN/best.pth
+    python main.py --predict data/test_images --resume a.pth b.pth --tta  # submission.csv (ensemble, TTA)
+    python main.py --average_last 4 --resume checkpoints/RUN/last.pth    # mean of the last 4 epoch checkpoints
     python main.py --aug_preview 16 --aug randaugment --cutmix  # PNG of augmented train samples, no training
     python main.py --lr_find --data data/digits --optimizer sgd  # lr sweep: lr_find.png/.csv, suggested lr
 """
@@ -16,16 +18,27 @@ from config import parse_config
 
 def main(argv: list[str] | None = None) -> None:
     cfg, explicit = parse_config(argv)
-    if sum(map(bool, (cfg.evaluation, cfg.jit, cfg.aug_preview is not None, cfg.lr_find))) > 1:
-        sys.exit("choose one of --evaluation, --jit, --aug_preview and --lr_find")
-    if cfg.tta and not cfg.evaluation:
-        sys.exit("--tta is test-time augmentation: use it with --evaluation --resume CKPT")
+    jobs = {"--evaluation": cfg.evaluation, "--jit": cfg.jit, "--predict": cfg.predict,
+            "--average_last / --average": cfg.average_last is not None or cfg.average,
+            "--aug_preview": cfg.aug_preview is not None, "--lr_find": cfg.lr_find}
+    if sum(map(bool, jobs.values())) > 1:
+        sys.exit(f"choose one of {', '.join(jobs)}; got {', '.join(k for k, v in jobs.items() if v)}")
+    if cfg.tta and not (cfg.evaluation or cfg.predict):
+        sys.exit("--tta is test-time augmentation: use it with --evaluation or --predict")
+    if isinstance(cfg.resume, list) and not cfg.predict:
+        sys.exit(f"--resume got {len(cfg.resume)} files; only --predict takes several (an ensemble)")
     if cfg.evaluation:
         from applications.evaluate import evaluate
         evaluate(cfg, explicit)
     elif cfg.jit:
         from applications.export import export_jit
         export_jit(cfg, explicit)
+    elif cfg.predict:
+        from applications.predict import predict_submission
+        predict_submission(cfg, explicit)
+    elif cfg.average_last is not None or cfg.average:
+        from applications.average import average_checkpoints
+        average_checkpoints(cfg, explicit)
     elif cfg.aug_preview is not None:
         from applications.aug_preview import aug_preview
         aug_preview(cfg, explicit)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ from utils.logger import get_logger
 # Options that describe how to run, not what was trained: on resume they come from the command line.
 # --decode is one of them: where decoding runs depends on the machine (a GPU run's checkpoint evaluated on a laptop).
 RUNTIME_FLAGS = {"resume", "evaluation", "jit", "device", "workers", "output", "split", "stop_epoch", "aug_preview",
-                 "decode", "tta"}
+                 "decode", "tta", "predict", "ensemble_weights", "probabilities", "average_last", "average",
+                 "update_bn"}
 
 
 def resolve_config(cfg: Config, explicit: set[str]) -> tuple[Config, dict | None]:
@@ -151,34 +153,45 @@ def predict(model: torch.nn.Module, loader, cfg: Config, preprocessing: Preproce
     return gather_predictions(torch.cat(indices), torch.cat(logits), torch.cat(targets))
 
 
-@torch.no_grad()
-def predict_probs(model: torch.nn.Module, loader, cfg: Config, preprocessing: Preprocessing, device: torch.device,
-                  tta: TestTimeAugmentation | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Class probabilities for every sample, all-gathered in index order; with ``tta`` the mean over its views.
+def model_probs_fn(model: torch.nn.Module, cfg: Config, preprocessing: Preprocessing,
+                   device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 batch on the device → class probabilities of a trained network (normalised, under autocast)."""
+    def probs(images: torch.Tensor) -> torch.Tensor:
+        with autocast(cfg, device):
+            out = model(normalize_on_device(images, preprocessing.mean, preprocessing.std,
+                                            channels_last=cfg.channels_last))
+        return scores_to_probs(out.float(), cfg.criterion)
+    return probs
 
-    Returns ``(indices, probs, targets)`` identical on every rank; probs are float32 rows summing to 1.
-    """
-    if tta is None:
-        indices, logits, targets = predict(model, loader, cfg, preprocessing, device)
-        return indices, scores_to_probs(logits, cfg.criterion), targets
-    model.eval()
+
+@torch.no_grad()
+def gather_probs(probs_fn: Callable[[torch.Tensor], torch.Tensor], loader, device: torch.device,
+                 tta: TestTimeAugmentation | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``probs_fn`` over every sample of the loader, all-gathered in index order; with ``tta`` the mean of the
+    probabilities over its views. Returns ``(indices, probs, targets)`` identical on every rank."""
     indices, probs, targets = [], [], []
     for images, labels, idx in loader:
         if isinstance(images, EncodedBatch):
             images = images.decode(device)
         images = images.to(device, non_blocking=True)
-        total = None
-        for view in tta.views(images):
-            with autocast(cfg, device):
-                out = model(normalize_on_device(view, preprocessing.mean, preprocessing.std,
-                                                channels_last=cfg.channels_last))
-            p = scores_to_probs(out.float(), cfg.criterion)
-            total = p if total is None else total + p
-        probs.append(total / len(tta))
+        views = tta.views(images) if tta is not None else [images]
+        total, count = None, 0
+        for view in views:
+            p = probs_fn(view).float()
+            total, count = (p if total is None else total + p), count + 1
+        probs.append(total / count)
         targets.append(labels.to(device))
         indices.append(idx.to(device))
+    # DistributedSampler pads every shard to the same non-zero length, so each rank has a batch here.
     assert probs, f"empty data set: {len(loader.dataset)} samples"
     return gather_predictions(torch.cat(indices), torch.cat(probs), torch.cat(targets))
+
+
+def predict_probs(model: torch.nn.Module, loader, cfg: Config, preprocessing: Preprocessing, device: torch.device,
+                  tta: TestTimeAugmentation | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Class probabilities of a trained network for every sample (see gather_probs); rows sum to 1."""
+    model.eval()
+    return gather_probs(model_probs_fn(model, cfg, preprocessing, device), loader, device, tta)
 
 
 def run_dir(cfg: Config) -> Path:

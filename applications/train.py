@@ -22,7 +22,8 @@ from models import build_model
 from models.heads import find_classifier_name
 from optim import BackboneFreezer
 from optim.averaging import build_ema, build_swa, swa_start_epoch, update_bn
-from utils.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from utils.checkpoint import (capture_rng_state, keep_epoch_checkpoint, load_checkpoint, restore_rng_state,
+                              save_checkpoint)
 from utils.distributed import (DistInfo, average_buffers, broadcast_buffers, broadcast_object, cleanup_distributed,
                                init_distributed, reduce_sum, unwrap, wrap_ddp)
 from utils.hardware import choose_amp, choose_channels_last, describe_hardware
@@ -85,6 +86,8 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
         model = model.to(memory_format=torch.channels_last)
     if cfg.accum_steps < 1:
         raise ValueError(f"--accum_steps must be >= 1, got {cfg.accum_steps}")
+    if cfg.keep_epochs < 0:
+        raise ValueError(f"--keep_epochs must be >= 0 (0 keeps only last.pth and best.pth), got {cfg.keep_epochs}")
     optimizer = optimizer_from_config(cfg, model, world_size=info.world_size)
     scheduler = scheduler_from_config(cfg, optimizer, steps_per_epoch=math.ceil(len(train_loader) / cfg.accum_steps))
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and info.device.type == "cuda")
@@ -153,6 +156,8 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
                      "ema": ema.state_dict() if ema is not None else None,
                      "swa": swa.state_dict() if swa is not None else None}
             save_checkpoint(state, out_dir / "last.pth")
+            if cfg.keep_epochs > 0:
+                keep_epoch_checkpoint(out_dir / "last.pth", epoch, cfg.keep_epochs)
             if improved:  # best.pth holds the better of model and EMA as "model"; "train_model" resumes
                 save_checkpoint({**state, "model": best_weights.state_dict(), "train_model": state["model"],
                                  "weights": source}, out_dir / "best.pth")

@@ -97,6 +97,9 @@ def test_every_flag_is_exercised_somewhere():
                          "sync_bn",  # sync_bn: tests/test_tricks.py (two real processes)
                          "aug_preview",  # aug_preview: tests/test_aug_preview.py (writes a PNG, trains nothing)
                          "tta",  # tta: tests/test_tta.py (views, probabilities by hand, evaluation)
+                         # submission CSV, ensembles: tests/test_predict.py; averaging: tests/test_average.py
+                         "predict", "ensemble_weights", "probabilities",
+                         "average_last", "average", "update_bn", "keep_epochs",
                          "decode",  # decode: tests/test_gpu_decode.py (JPEG photos; digits are PNG; train, eval, DDP)
                          # the lr finder trains nothing to check here: tests/test_lr_find.py
                          "lr_find", "lr_find_start", "lr_find_end", "lr_find_steps"}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,6 +31,36 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+EPOCH_CHECKPOINT = re.compile(r"^epoch_(\d+)\.pth$")
+
+
+def epoch_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The ``epoch_NNN.pth`` files of a run (written with --keep_epochs), oldest epoch first."""
+    found = [(int(m.group(1)), p) for p in Path(run_dir).iterdir() if (m := EPOCH_CHECKPOINT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def keep_epoch_checkpoint(last_path: str | Path, epoch: int, keep: int) -> Path:
+    """Copy ``last.pth`` (just written for 0-based ``epoch``) to ``epoch_NNN.pth`` atomically and delete the
+    epoch copies older than the newest ``keep``. A copy of the file is cheaper than serialising the state again."""
+    last_path = Path(last_path)
+    target = last_path.with_name(f"epoch_{epoch + 1:03d}.pth")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle, open(last_path, "rb") as source:
+            shutil.copyfileobj(source, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    for old in epoch_checkpoints(last_path.parent)[:-keep]:
+        old.unlink()
+    return target
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

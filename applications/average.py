@@ -1,0 +1,118 @@
+"""``--average_last K --resume RUN/last.pth`` or ``--average A.pth B.pth ...``: one checkpoint holding the mean of
+the weights of several checkpoints of the same model.
+
+Seed 004 trained on all data and averaged its last 4 epochs. Epoch checkpoints exist when training ran with
+``--keep_epochs K``. Averaged weights can have BatchNorm statistics that match none of the averaged models;
+``--update_bn`` recomputes them on the training split (each process its shard, then averaged, as SWA does).
+The result is a normal checkpoint: ``--evaluation``, ``--predict``, ``--jit`` and ``--onnx`` take it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from applications.common import (autocast, model_from_checkpoint, preprocessing_of, resolve_config,
+                                 to_model_input)
+from config import Config
+from dataloader import build_loader, build_split_dataset
+from optim.averaging import update_bn
+from utils.checkpoint import epoch_checkpoints, load_checkpoint, save_checkpoint
+from utils.distributed import average_buffers, cleanup_distributed, init_distributed
+from utils.hardware import choose_amp
+from utils.logger import setup_logging
+
+
+def average_state_dicts(states: list[dict[str, torch.Tensor]], names: list[str]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of floating-point tensors (computed in float64); integer buffers such as BatchNorm's
+    ``num_batches_tracked`` are taken from the last state. All states must have the same keys and shapes."""
+    first = states[0]
+    for state, name in zip(states[1:], names[1:]):
+        if state.keys() != first.keys():
+            diff = sorted(set(state) ^ set(first))
+            raise ValueError(f"{name} does not hold the same model as {names[0]} (differing keys, e.g. {diff[:3]})")
+        for key, tensor in state.items():
+            if tensor.shape != first[key].shape:
+                raise ValueError(f"{name}: {key} has shape {tuple(tensor.shape)}, {names[0]} has "
+                                 f"{tuple(first[key].shape)}; only checkpoints of the same model can be averaged")
+    averaged = {}
+    for key, tensor in first.items():
+        if tensor.is_floating_point():
+            mean = torch.stack([s[key].double() for s in states]).mean(dim=0)
+            averaged[key] = mean.to(tensor.dtype)
+        else:
+            averaged[key] = states[-1][key].clone()
+    return averaged
+
+
+def checkpoints_to_average(cfg: Config) -> tuple[list[Path], Path]:
+    """The checkpoint files and the default output path, from --average or --average_last with --resume."""
+    if cfg.average:
+        paths = [Path(p) for p in cfg.average]
+        if len(paths) < 2:
+            raise ValueError("--average needs at least two checkpoints")
+        return paths, paths[0].parent / "average.pth"
+    k = cfg.average_last
+    if k is None or k < 2:
+        raise ValueError(f"--average_last needs K >= 2 epoch checkpoints to average, got {k}")
+    if not cfg.resume or isinstance(cfg.resume, list):
+        raise ValueError("--average_last K needs --resume RUN/last.pth (or the run folder) to find the run")
+    run_dir = Path(cfg.resume)
+    run_dir = run_dir if run_dir.is_dir() else run_dir.parent
+    found = epoch_checkpoints(run_dir) if run_dir.is_dir() else []
+    if len(found) < k:
+        raise FileNotFoundError(f"--average_last {k}: {run_dir} has {len(found)} epoch checkpoints "
+                                f"({', '.join(p.name for p in found) or 'none'}); train with --keep_epochs {k} "
+                                "(or more) to keep them")
+    return found[-k:], run_dir / f"average_last{k}.pth"
+
+
+def average_checkpoints(cfg: Config, explicit: set[str]) -> Path:
+    """Average, optionally recompute BatchNorm statistics, save; returns the written path."""
+    info = init_distributed(cfg.device)
+    try:
+        log = setup_logging(None, info.is_main)
+        paths, default_out = checkpoints_to_average(cfg)
+        ckpts = [load_checkpoint(p) for p in paths]
+        names = [str(p) for p in paths]
+        for ckpt, name in zip(ckpts[1:], names[1:]):
+            if ckpt["config"]["model"] != ckpts[0]["config"]["model"] or ckpt["class_names"] != ckpts[0]["class_names"]:
+                raise ValueError(f"{name} ({ckpt['config']['model']}) and {names[0]} "
+                                 f"({ckpts[0]['config']['model']}) are not the same model and classes")
+        averaged = average_state_dicts([c["model"] for c in ckpts], names)
+        # the last checkpoint's config, with the flags typed now (data, batch size, device for --update_bn)
+        cfg, base = resolve_config(dataclasses.replace(cfg, resume=str(paths[-1])), explicit)
+        out_path = Path(cfg.output) if cfg.output else default_out
+        if cfg.update_bn:
+            averaged = recompute_bn(averaged, base, cfg, explicit, info, log)
+        if info.is_main:
+            state = {**base, "model": averaged, "train_model": base.get("train_model", base["model"]),
+                     "weights": f"average of {len(paths)} checkpoints", "averaged_from": names,
+                     "bn_updated": bool(cfg.update_bn)}
+            save_checkpoint(state, out_path)
+            log.info("averaged %d checkpoints (%s) into %s%s", len(paths), ", ".join(p.name for p in paths),
+                     out_path, "; BatchNorm statistics recomputed on the train split" if cfg.update_bn else "")
+        return out_path
+    finally:
+        cleanup_distributed()
+
+
+def recompute_bn(weights: dict[str, torch.Tensor], ckpt: dict, cfg: Config, explicit: set[str], info,
+                 log) -> dict[str, torch.Tensor]:
+    """BatchNorm running statistics of ``weights`` recomputed over the train split (no augmentation)."""
+    cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, info.device)
+    model = model_from_checkpoint({**ckpt, "model": weights}, cfg, info.device)
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        log.warning("--update_bn: %s has no BatchNorm layers; nothing to recompute", cfg.model)
+        return weights
+    dataset = build_split_dataset(cfg.data, "train", image_size=tuple(cfg.image_size),
+                                  class_names=ckpt["class_names"], val_ratio=cfg.val_ratio, seed=cfg.seed)
+    loader = build_loader(dataset, batch_size=cfg.batch_size, workers=cfg.workers, train=False, seed=cfg.seed,
+                          rank=info.rank, world_size=info.world_size, pin_memory=info.device.type == "cuda")
+    preprocessing = preprocessing_of(cfg)
+    batches = (to_model_input(images, preprocessing, info.device, cfg.channels_last) for images, _, _ in loader)
+    with autocast(cfg, info.device):
+        update_bn(model, batches, after=average_buffers)
+    log.info("--update_bn: BatchNorm statistics recomputed over %d training images", len(dataset))
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -117,6 +117,8 @@ class Config:
     average_last: int | None = None
     average: list[str] | None = None
     update_bn: bool = False
+    onnx: bool = False
+    int8: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -326,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average the weights of these checkpoints (same model) into one checkpoint")
     g.add_argument("--update_bn", action="store_true",
                    help="after --average / --average_last: recompute BatchNorm statistics on the training split")
+    g.add_argument("--onnx", action="store_true",
+                   help="export --resume to ONNX (dynamic batch, class names and preprocessing as metadata) and "
+                        "check it with ONNX Runtime on real images")
+    g.add_argument("--int8", action="store_true",
+                   help="with --onnx: also write a dynamically quantised int8 model and report its val accuracy")
     return p
 
 

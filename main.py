@@ -4,6 +4,7 @@
     torchrun --nproc_per_node 2 main.py --data data/digits  # train with DDP
     python main.py --evaluation --resume checkpoints/RUN/best.pth
     python main.py --jit --resume checkpoints/RUN/best.pth
+    python main.py --onnx --resume checkpoints/RUN/best.pth [--int8]    # ONNX + ONNX Runtime parity check
     python main.py --predict data/test_images --resume a.pth b.pth --tta  # submission.csv (ensemble, TTA)
     python main.py --average_last 4 --resume checkpoints/RUN/last.pth    # mean of the last 4 epoch checkpoints
     python main.py --aug_preview 16 --aug randaugment --cutmix  # PNG of augmented train samples, no training
@@ -18,7 +19,7 @@ from config import parse_config
 
 def main(argv: list[str] | None = None) -> None:
     cfg, explicit = parse_config(argv)
-    jobs = {"--evaluation": cfg.evaluation, "--jit": cfg.jit, "--predict": cfg.predict,
+    jobs = {"--evaluation": cfg.evaluation, "--jit": cfg.jit, "--onnx": cfg.onnx, "--predict": cfg.predict,
             "--average_last / --average": cfg.average_last is not None or cfg.average,
             "--aug_preview": cfg.aug_preview is not None, "--lr_find": cfg.lr_find}
     if sum(map(bool, jobs.values())) > 1:
@@ -27,12 +28,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("--tta is test-time augmentation: use it with --evaluation or --predict")
     if isinstance(cfg.resume, list) and not cfg.predict:
         sys.exit(f"--resume got {len(cfg.resume)} files; only --predict takes several (an ensemble)")
+    if cfg.int8 and not cfg.onnx:
+        sys.exit("--int8 quantises the ONNX export: use it with --onnx --resume CKPT")
     if cfg.evaluation:
         from applications.evaluate import evaluate
         evaluate(cfg, explicit)
     elif cfg.jit:
         from applications.export import export_jit
         export_jit(cfg, explicit)
+    elif cfg.onnx:
+        from applications.export_onnx import export_onnx
+        export_onnx(cfg, explicit)
     elif cfg.predict:
         from applications.predict import predict_submission
         predict_submission(cfg, explicit)

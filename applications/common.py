@@ -27,7 +27,7 @@ from utils.logger import get_logger
 # --decode is one of them: where decoding runs depends on the machine (a GPU run's checkpoint evaluated on a laptop).
 RUNTIME_FLAGS = {"resume", "evaluation", "jit", "device", "workers", "output", "split", "stop_epoch", "aug_preview",
                  "decode", "tta", "predict", "ensemble_weights", "probabilities", "average_last", "average",
-                 "update_bn"}
+                 "update_bn", "onnx", "int8"}
 
 
 def resolve_config(cfg: Config, explicit: set[str]) -> tuple[Config, dict | None]:

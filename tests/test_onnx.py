@@ -1,0 +1,133 @@
+"""--onnx: a trained checkpoint exported to ONNX and run by ONNX Runtime, --int8, and the errors users meet."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import main as entry
+from applications.common import preprocessing_of
+from applications.export_onnx import INSTALL_HINT, export_onnx, write_onnx
+from config import Config, parse_config
+from dataloader import build_split_dataset
+from dataloader.preprocess import Preprocessing, load_image_tensor, normalize_on_device
+from helpers import run
+from models import build_model
+from utils.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_digits, tmp_path_factory) -> Path:
+    """small_cnn (6 Conv+BN pairs) at 32x32, trained for one epoch on the tiny digits."""
+    out = tmp_path_factory.mktemp("onnx_run")
+    entry.main(["--data", str(tiny_digits), "--model", "small_cnn", "--epochs", "1", "--warmup", "0", "-b", "8",
+                "-j", "0", "--image_size", "32", "32", "--checkpoint_dir", str(out / "ck"), "--log_dir",
+                str(out / "logs"), "--name", "run", "--device", "cpu", "--no-amp", "--no-channels_last"])
+    return out / "ck" / "run" / "last.pth"
+
+
+def eager_probs(checkpoint: Path, paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor, Preprocessing]:
+    """The trained network in eager mode, unfused, on image files: (uint8 batch, probabilities, preprocessing)."""
+    ckpt = load_checkpoint(checkpoint)
+    cfg = Config.from_dict(ckpt["config"])
+    model = build_model(cfg.model, num_classes=len(ckpt["class_names"]))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    pre = preprocessing_of(cfg)
+    batch = torch.stack([load_image_tensor(p, pre) for p in paths])
+    with torch.no_grad():
+        probs = torch.softmax(model(normalize_on_device(batch, pre.mean, pre.std)), dim=1)
+    return batch, probs, pre
+
+
+def session_of(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_onnx_export_matches_eager_with_dynamic_batch_and_metadata(checkpoint, tiny_digits, tmp_path):
+    out = tmp_path / "model.onnx"
+    result = export_onnx(*parse_config(["--onnx", "--resume", str(checkpoint), "--output", str(out)]))
+    assert result.path == out and result.int8_path is None
+    assert result.max_diff <= 1e-4 and result.agreement == 100.0
+
+    paths = sorted((tiny_digits / "test").rglob("*.png"))[:5]
+    batch, expected, pre = eager_probs(checkpoint, paths)
+    session = session_of(out)
+    (inp,) = session.get_inputs()
+    assert inp.type == "tensor(uint8)" and inp.shape == ["batch", 3, 32, 32]
+    for n in (1, 5):  # the batch axis is dynamic
+        got = session.run(None, {inp.name: batch[:n].numpy()})[0]
+        assert got.shape == (n, 10)
+        np.testing.assert_allclose(got, expected[:n].numpy(), atol=1e-4, rtol=0)
+        assert (got.argmax(1) == expected[:n].argmax(1).numpy()).all()
+
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["class_names"]) == [str(i) for i in range(10)]
+    assert Preprocessing.from_dict(json.loads(meta["preprocessing"])) == pre
+    assert meta["model"] == "small_cnn" and meta["output"] == "probabilities" and "uint8" in meta["input"]
+    assert meta["batchnorm_folded"] == "6"  # every BatchNorm of small_cnn follows a Conv
+    proto = onnx.load(str(out))
+    assert not any(node.op_type == "BatchNormalization" for node in proto.graph.node)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+
+
+def test_int8_export_writes_a_quantised_model_and_reports_val_accuracy(checkpoint, tiny_digits, tmp_path):
+    ckpt = tmp_path / "best.pth"  # a copy: the default output paths sit next to the checkpoint
+    shutil.copy(checkpoint, ckpt)
+    proc = run([sys.executable, "main.py", "--onnx", "--int8", "--resume", str(ckpt)])
+    fp32, int8 = tmp_path / "best.onnx", tmp_path / "best.int8.onnx"
+    assert fp32.is_file() and int8.is_file(), proc.stdout
+    assert "top-1 agreement 100.0%" in proc.stdout
+    match = re.search(r"val split \((\d+) images\): top-1 fp32 ONNX ([\d.]+)%, int8 ONNX ([\d.]+)% "
+                      r"\(([+-][\d.]+) points\)", proc.stdout)
+    assert match, proc.stdout
+    count, top1_fp32, top1_int8, change = int(match[1]), float(match[2]), float(match[3]), float(match[4])
+    assert change == pytest.approx(top1_int8 - top1_fp32, abs=0.011)
+    assert any(node.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for node in onnx.load(str(int8)).graph.node)
+
+    # the printed accuracies are those of the two files on every val image
+    saved = load_checkpoint(ckpt)
+    cfg = Config.from_dict(saved["config"])
+    val = build_split_dataset(tiny_digits, "val", image_size=tuple(cfg.image_size), class_names=saved["class_names"],
+                              val_ratio=cfg.val_ratio, seed=cfg.seed)
+    assert count == len(val)
+    images = torch.stack([val[i][0] for i in range(len(val))]).numpy()
+    labels = np.array([val[i][1] for i in range(len(val))])
+    for path, printed in ((fp32, top1_fp32), (int8, top1_int8)):
+        predicted = session_of(path).run(None, {"images": images})[0].argmax(1)
+        assert 100.0 * (predicted == labels).mean() == pytest.approx(printed, abs=0.005)
+
+    # --split picks another split for the comparison
+    result = export_onnx(*parse_config(["--onnx", "--int8", "--resume", str(ckpt), "--split", "test",
+                                        "--output", str(tmp_path / "t.onnx")]))
+    assert result.split == "test" and result.int8_path == tmp_path / "t.int8.onnx" and result.images == 40
+    assert 0.0 <= result.top1_int8 <= 100.0 and 0.0 <= result.top1_fp32 <= 100.0
+
+
+def test_missing_onnx_runtime_names_the_install_command(checkpoint, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what `import onnxruntime` meets when it is not installed
+    with pytest.raises(ImportError, match=re.escape(INSTALL_HINT)):
+        export_onnx(*parse_config(["--onnx", "--resume", str(checkpoint)]))
+
+
+class EigenFeatures(torch.nn.Module):
+    """A network with an operator the ONNX exporter cannot translate (a symmetric eigendecomposition)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().mean(1)
+        return torch.linalg.eigvalsh(x @ x.transpose(1, 2))
+
+
+def test_a_model_that_cannot_be_exported_names_it_and_suggests_jit(tmp_path):
+    images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match=r"eigen_net could not be exported to ONNX .*--jit"):
+        write_onnx(EigenFeatures(), images, tmp_path / "x.onnx", model_name="eigen_net")
+    assert list(tmp_path.iterdir()) == []  # no half-written file is left behind

@@ -113,7 +113,8 @@ def _onnx_member(path: str) -> Member:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise ImportError("--resume *.onnx needs ONNX Runtime: pip install onnxruntime") from exc
+        raise ImportError("--resume *.onnx needs ONNX Runtime: pip install onnxruntime==1.32.0 (pinned in "
+                          "requirements.txt)") from exc
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     if "class_names" not in meta or "preprocessing" not in meta:

@@ -13,10 +13,10 @@ times with the same per-process batch size and per-process loader workers:
 The defaults make the loader workers the bottleneck: on an AVX2 core, decoding + letterboxing a 640-px JPEG takes
 about 2-3 ms, a small_cnn training step at 16x16 about 1 ms per image (at 32x32 it is about 4 ms per image, more
 than decoding a 224-px JPEG, 0.3 ms, so 224 px / 32x32 would measure the model instead). With twice the workers
-the 2-process epoch should take at most 0.65x the 1-process epoch. Each run's epoch time is the `seconds` column of its summary.csv for the
-last epoch (the first one pays for start-up: worker processes, page cache, allocator warm-up); it includes
-validation, which is sharded across the processes too. OMP_NUM_THREADS is set so that processes x threads plus
-the loader workers do not exceed the cores (see `threads_per_process`).
+the 2-process epoch should take at most 0.65x the 1-process epoch. Each run's epoch time is the `seconds` column of
+its summary.csv for the last epoch (the first one pays for start-up: worker processes, page cache, allocator
+warm-up); it includes validation, which is sharded across the processes too. OMP_NUM_THREADS is set so that
+processes x threads plus the loader workers do not exceed the cores (see `threads_per_process`).
 """
 from __future__ import annotations
 

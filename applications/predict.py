@@ -14,7 +14,6 @@ import dataclasses
 import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -27,6 +26,7 @@ from dataloader import ImageClassificationDataset, build_loader
 from dataloader.datasets import is_image_file
 from dataloader.preprocess import Preprocessing
 from dataloader.tta import TestTimeAugmentation, build_tta
+from utils.checkpoint import atomic_write
 from utils.distributed import DistInfo, cleanup_distributed, init_distributed
 from utils.hardware import choose_amp
 from utils.logger import setup_logging
@@ -181,8 +181,4 @@ def write_submission(path: Path, names: list[str], probs: torch.Tensor, class_na
     labels = probs.argmax(dim=1).tolist()
     for name, label, row in zip(names, labels, probs.tolist()):
         writer.writerow([name, class_names[label]] + ([f"{p:.6f}" for p in row] if with_probabilities else []))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-        handle.write(buffer.getvalue())
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue().encode("utf-8")))

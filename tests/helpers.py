@@ -6,6 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from applications.common import preprocessing_of
+from config import Config
+from dataloader.preprocess import Preprocessing, load_image_tensor, normalize_on_device
+from models import build_model
+from utils.checkpoint import load_checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # every subprocess is bounded, so a hung collective fails the test instead of the CI run
 
@@ -23,3 +31,17 @@ def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
     """main.py under torchrun --standalone (a free port) with `nproc` CPU processes."""
     return run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                 "main.py", *args])
+
+
+def eager_probs(checkpoint: Path, paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor, Preprocessing]:
+    """The trained network in eager mode, unfused, on image files: (uint8 batch, probabilities, preprocessing)."""
+    ckpt = load_checkpoint(checkpoint)
+    cfg = Config.from_dict(ckpt["config"])
+    model = build_model(cfg.model, num_classes=len(ckpt["class_names"]))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    pre = preprocessing_of(cfg)
+    batch = torch.stack([load_image_tensor(p, pre) for p in paths])
+    with torch.no_grad():
+        probs = torch.softmax(model(normalize_on_device(batch, pre.mean, pre.std)), dim=1)
+    return batch, probs, pre

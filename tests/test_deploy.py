@@ -14,14 +14,10 @@ import torch
 from torch import nn
 
 import main as entry
-from applications.common import preprocessing_of
 from applications.export import count_batchnorms, fuse_conv_bn, load_torchscript
 from benchmarks.common import parse_markdown_table
-from config import Config
-from dataloader.preprocess import load_image_tensor, normalize_on_device
-from helpers import run
+from helpers import eager_probs, run
 from models import build_model
-from utils.checkpoint import load_checkpoint
 from utils.logger import get_logger
 
 TRAINING_PACKAGES = {"applications", "models", "criterions", "optim", "dataloader", "utils", "config", "main",
@@ -100,16 +96,6 @@ def test_fuse_conv_bn_falls_back_to_the_unfused_model_with_a_warning(caplog):
     assert "torch.fx cannot trace data_dependent" in caplog.text
 
 
-def eager_probs(checkpoint: Path, paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
-    ckpt = load_checkpoint(checkpoint)
-    cfg = Config.from_dict(ckpt["config"])
-    model = build_model(cfg.model, num_classes=len(ckpt["class_names"]))
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    pre = preprocessing_of(cfg)
-    batch = torch.stack([load_image_tensor(p, pre) for p in paths])
-    with torch.no_grad():
-        return batch, torch.softmax(model(normalize_on_device(batch, pre.mean, pre.std)), dim=1)
 
 
 def test_jit_export_is_fused_and_equals_the_unfused_eager_model(exports, tiny_digits):
@@ -123,7 +109,7 @@ def test_jit_export_is_fused_and_equals_the_unfused_eager_model(exports, tiny_di
     torch.jit.load(str(exports["torchscript"]), _extra_files=extra)
     assert json.loads(extra["meta.json"])["optimize_for_inference"] == (decision[1] == "applied when loaded")
     paths = sorted((tiny_digits / "test").rglob("*.png"))[:5]
-    batch, expected = eager_probs(exports["checkpoint"], paths)
+    batch, expected, _ = eager_probs(exports["checkpoint"], paths)
     for optimize in (False, True):
         module = load_torchscript(exports["torchscript"], optimize=optimize)
         for n in (1, 5):
@@ -149,7 +135,7 @@ def test_demo_classifies_with_both_formats_alike(exports, tiny_digits):
             if a["class"] == b["class"]:
                 assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
     paths = sorted((tiny_digits / "test").rglob("*.png"))[:8]
-    _, expected = eager_probs(exports["checkpoint"], paths)
+    _, expected, _ = eager_probs(exports["checkpoint"], paths)
     for path, probs in zip(paths, expected):
         top = results["onnx"][str(path)][0]
         assert top["class"] == str(int(probs.argmax())) and top["probability"] == pytest.approx(float(probs.max()),

@@ -14,13 +14,11 @@ import pytest
 import torch
 
 import main as entry
-from applications.common import preprocessing_of
 from applications.export_onnx import INSTALL_HINT, export_onnx, write_onnx
 from config import Config, parse_config
 from dataloader import build_split_dataset
-from dataloader.preprocess import Preprocessing, load_image_tensor, normalize_on_device
-from helpers import run
-from models import build_model
+from dataloader.preprocess import Preprocessing
+from helpers import eager_probs, run
 from utils.checkpoint import load_checkpoint
 
 
@@ -34,18 +32,6 @@ def checkpoint(tiny_digits, tmp_path_factory) -> Path:
     return out / "ck" / "run" / "last.pth"
 
 
-def eager_probs(checkpoint: Path, paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor, Preprocessing]:
-    """The trained network in eager mode, unfused, on image files: (uint8 batch, probabilities, preprocessing)."""
-    ckpt = load_checkpoint(checkpoint)
-    cfg = Config.from_dict(ckpt["config"])
-    model = build_model(cfg.model, num_classes=len(ckpt["class_names"]))
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    pre = preprocessing_of(cfg)
-    batch = torch.stack([load_image_tensor(p, pre) for p in paths])
-    with torch.no_grad():
-        probs = torch.softmax(model(normalize_on_device(batch, pre.mean, pre.std)), dim=1)
-    return batch, probs, pre
 
 
 def session_of(path: Path) -> ort.InferenceSession:

@@ -144,24 +144,16 @@ def test_sync_batchnorm_on_cpu_equals_full_batch_two_processes(tmp_path):
         assert result[key] < 1e-4, (key, result)
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "digits"
-    subprocess.run([sys.executable, "-m", "dataloader.prepare", "digits", "--out", str(out), "--limit", "40"],
-                   cwd=REPO, check=True, timeout=120, capture_output=True)
-    return out
-
-
 def base_args(data: Path, out: Path, name: str) -> list[str]:
     return ["--data", str(data), "--image_size", "32", "32", "-b", "8", "-j", "0", "--warmup", "0",
             "--checkpoint_dir", str(out / "ck"), "--log_dir", str(out / "logs"), "--name", name, "--device", "cpu",
             "--no-amp", "--no-channels_last", "--lr", "0.003", "--lr_schedule", "cosine"]
 
 
-def test_swa_averages_the_last_epochs_and_survives_resume(digits, tmp_path):
+def test_swa_averages_the_last_epochs_and_survives_resume(tiny_digits, tmp_path):
     """SWA over the last 2 of 3 epochs, the run interrupted after epoch 2 and resumed: swa.pth's weights are
     the mean of the end-of-epoch weights of epochs 2 and 3; EMA is validated and checkpointed alongside."""
-    args = base_args(digits, tmp_path, "swa") + ["--epochs", "3", "--swa", "--swa_epochs", "2", "--ema"]
+    args = base_args(tiny_digits, tmp_path, "swa") + ["--epochs", "3", "--swa", "--swa_epochs", "2", "--ema"]
     entry.main(args + ["--stop_epoch", "2"])
     epoch2 = load_checkpoint(tmp_path / "ck/swa/last.pth")
     assert epoch2["ema"] is not None and epoch2["swa"] is not None
@@ -183,8 +175,8 @@ def test_swa_averages_the_last_epochs_and_survives_resume(digits, tmp_path):
     assert json.loads((tmp_path / "eval/report.json").read_text())["samples"] == 40
 
 
-def test_patience_stops_when_val_top1_stalls(digits, tmp_path):
-    entry.main(base_args(digits, tmp_path, "patience") + ["--epochs", "6", "--patience", "1", "--lr", "1e-9"])
+def test_patience_stops_when_val_top1_stalls(tiny_digits, tmp_path):
+    entry.main(base_args(tiny_digits, tmp_path, "patience") + ["--epochs", "6", "--patience", "1", "--lr", "1e-9"])
     rows = list(csv.DictReader(open(tmp_path / "ck/patience/summary.csv")))
     top1 = [float(row["val_top1"]) for row in rows]
     best_epoch = max(range(len(top1)), key=lambda i: (top1[i], -i))  # first epoch with the best value
@@ -192,8 +184,8 @@ def test_patience_stops_when_val_top1_stalls(digits, tmp_path):
     assert len(rows) < 6
 
 
-def test_torchrun_sync_bn_training_keeps_ranks_identical(digits, tmp_path):
-    args = base_args(digits, tmp_path, "syncbn") + ["--epochs", "1", "--sync_bn", "--model", "small_cnn"]
+def test_torchrun_sync_bn_training_keeps_ranks_identical(tiny_digits, tmp_path):
+    args = base_args(tiny_digits, tmp_path, "syncbn") + ["--epochs", "1", "--sync_bn", "--model", "small_cnn"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "main.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)

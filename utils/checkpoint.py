@@ -10,20 +10,21 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
 
 
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then ``os.replace``: a crash never leaves a
-    half-written checkpoint behind, and the previous one stays intact."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write`` on a temporary file in the same folder, fsync, then ``os.replace`` it onto ``path``: a crash
+    never leaves a half-written file behind, and the previous one stays intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -31,6 +32,11 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write ``state`` atomically (see atomic_write)."""
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 EPOCH_CHECKPOINT = re.compile(r"^epoch_(\d+)\.pth$")
@@ -47,17 +53,8 @@ def keep_epoch_checkpoint(last_path: str | Path, epoch: int, keep: int) -> Path:
     epoch copies older than the newest ``keep``. A copy of the file is cheaper than serialising the state again."""
     last_path = Path(last_path)
     target = last_path.with_name(f"epoch_{epoch + 1:03d}.pth")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle, open(last_path, "rb") as source:
-            shutil.copyfileobj(source, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with open(last_path, "rb") as source:
+        atomic_write(target, lambda handle: shutil.copyfileobj(source, handle))
     for old in epoch_checkpoints(last_path.parent)[:-keep]:
         old.unlink()
     return target

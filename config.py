@@ -119,6 +119,25 @@ class Config:
     update_bn: bool = False
     onnx: bool = False
     int8: bool = False
+    # knowledge, distillation, K-fold, curriculum, CAM (issue 7)
+    kfold: int | None = None
+    fold: int = 0
+    repeat: int | None = None
+    knowledge: str | None = None
+    distill: bool = False
+    distill_alpha: float = 0.5
+    distill_T: float = 4.0
+    teacher: str | None = None
+    teacher_ckpt: str | None = None
+    make_curriculum: bool = False
+    curriculum_thresholds: list[float] = field(default_factory=lambda: [0.9, 0.5])
+    curriculum_weights: list[float] = field(default_factory=lambda: [1.0, 0.7, 0.4])
+    curriculum_learning: bool = False
+    curriculum_pacing: list[int] | None = None
+    visual_data: str | None = None
+    visual_method: str = "grad-cam"
+    target_layer: str | None = None
+    visual_limit: int = 64
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -143,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_classes", type=int, default=d.num_classes,
                    help="number of classes; inferred from the data when omitted, checked when given")
     g.add_argument("--val_ratio", type=float, default=d.val_ratio,
-                   help="stratified share of train used for validation when there is no val split")
+                   help="stratified share of train used for validation when there is no val split; 0 trains on all "
+                        "of train without validation (best.pth = the last weights, EMA when --ema)")
     g.add_argument("--mean", type=float, nargs=3, default=d.mean, help="normalisation mean (RGB, 0..1 scale)")
     g.add_argument("--std", type=float, nargs=3, default=d.std, help="normalisation std (RGB, 0..1 scale)")
     g.add_argument("--cache_images", choices=["ram"], default=d.cache_images,
@@ -333,6 +353,53 @@ def build_parser() -> argparse.ArgumentParser:
                         "check it with ONNX Runtime on real images")
     g.add_argument("--int8", action="store_true",
                    help="with --onnx: also write a dynamically quantised int8 model and report its val accuracy")
+    g = p.add_argument_group("knowledge distillation, K-fold and repeats")
+    g.add_argument("--kfold", type=int, default=d.kfold, metavar="K",
+                   help="train on K-1 folds of a stratified K-fold split of train (fixed by --seed) and validate on "
+                        "fold --fold; a val/ folder is not used")
+    g.add_argument("--fold", type=int, default=d.fold, metavar="I", help="with --kfold: the held-out fold, 0..K-1")
+    g.add_argument("--repeat", type=int, default=d.repeat, metavar="N",
+                   help="train N runs with seeds --seed .. --seed+N-1 (NAME/seedS) and write a mean / std / 95%% "
+                        "confidence interval report of their test and val top-1")
+    g.add_argument("--knowledge", default=d.knowledge, choices=["train", "val", "test"],
+                   help="predict this split with the teacher --resume and write its class probabilities to "
+                        "DATA/distill.txt (or --output) and the one-hot labels to label.txt beside it")
+    g.add_argument("--distill", action="store_true",
+                   help="train with the teacher probabilities of every DATA/distill*.txt (averaged): loss = "
+                        "alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * criterion(labels)")
+    g.add_argument("--distill_alpha", type=float, default=d.distill_alpha,
+                   help="weight of the teacher term (0: plain training; 0.2 with --distill_T 1 mixes soft and hard "
+                        "labels 2:8, seed 004's self-distillation)")
+    g.add_argument("--distill_T", type=float, default=d.distill_T, help="distillation temperature T")
+    g.add_argument("--teacher", default=d.teacher, metavar="MODEL",
+                   help="online distillation: the teacher's architecture (a model name); with --teacher_ckpt")
+    g.add_argument("--teacher_ckpt", default=d.teacher_ckpt, metavar="PATH",
+                   help="online distillation: the teacher's weights (our checkpoint or a state dict); the teacher "
+                        "runs in eval mode on every training batch, unwrapped (no DDP)")
+    g = p.add_argument_group("curriculum learning")
+    g.add_argument("--make_curriculum", action="store_true",
+                   help="score every training image with --resume (probability of its true class), assign stages by "
+                        "--curriculum_thresholds and write DATA/curriculum.txt (or --output)")
+    g.add_argument("--curriculum_thresholds", type=float, nargs="+", default=d.curriculum_thresholds,
+                   metavar="P", help="descending true-class probabilities: stage 0 (easiest) has p >= the first, "
+                                     "stage 1 p >= the second, ..., the last stage the rest")
+    g.add_argument("--curriculum_weights", type=float, nargs="+", default=d.curriculum_weights, metavar="W",
+                   help="loss weight of each stage, one more than --curriculum_thresholds")
+    g.add_argument("--curriculum_learning", action="store_true",
+                   help="weight each training image's loss by its weight in DATA/curriculum.txt")
+    g.add_argument("--curriculum_pacing", type=int, nargs="+", default=d.curriculum_pacing, metavar="EPOCH",
+                   help="with --curriculum_learning: the epoch (0-based) at which each stage after the first "
+                        "enters; before it the stage's images have weight 0")
+    g = p.add_argument_group("CAM visualisation")
+    g.add_argument("--visual_data", default=d.visual_data, metavar="DIR_OR_SPLIT",
+                   help="draw class activation maps of --resume for a split (train/val/test) or a folder of images")
+    g.add_argument("--visual_method", default=d.visual_method, choices=["cam", "grad-cam", "grad-cam++", "grad-camm++"],
+                   help="cam (feature maps weighted by the classifier), grad-cam or grad-cam++ (grad-camm++ is the "
+                        "main seed's spelling of grad-cam++)")
+    g.add_argument("--target_layer", default=d.target_layer, metavar="MODULE",
+                   help="module whose feature map is explained (default: the last one with a spatial map)")
+    g.add_argument("--visual_limit", type=int, default=d.visual_limit, metavar="N",
+                   help="at most N images for --visual_data (the first N of the split or folder)")
     return p
 
 

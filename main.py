@@ -9,6 +9,10 @@
     python main.py --average_last 4 --resume checkpoints/RUN/last.pth    # mean of the last 4 epoch checkpoints
     python main.py --aug_preview 16 --aug randaugment --cutmix  # PNG of augmented train samples, no training
     python main.py --lr_find --data data/digits --optimizer sgd  # lr sweep: lr_find.png/.csv, suggested lr
+    python main.py --knowledge train --resume teacher/best.pth   # DATA/distill.txt (+ label.txt) for --distill
+    python main.py --make_curriculum --resume RUN/best.pth       # DATA/curriculum.txt for --curriculum_learning
+    python main.py --visual_data val --resume RUN/best.pth --visual_method grad-cam   # CAM overlays + index.html
+    python main.py --data data/digits --repeat 3                 # 3 seeds: mean, std, 95% confidence interval
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg, explicit = parse_config(argv)
     jobs = {"--evaluation": cfg.evaluation, "--jit": cfg.jit, "--onnx": cfg.onnx, "--predict": cfg.predict,
             "--average_last / --average": cfg.average_last is not None or cfg.average,
-            "--aug_preview": cfg.aug_preview is not None, "--lr_find": cfg.lr_find}
+            "--aug_preview": cfg.aug_preview is not None, "--lr_find": cfg.lr_find, "--knowledge": cfg.knowledge,
+            "--make_curriculum": cfg.make_curriculum, "--visual_data": cfg.visual_data, "--repeat": cfg.repeat}
     if sum(map(bool, jobs.values())) > 1:
         sys.exit(f"choose one of {', '.join(jobs)}; got {', '.join(k for k, v in jobs.items() if v)}")
     if cfg.tta and not (cfg.evaluation or cfg.predict):
@@ -51,6 +56,18 @@ def main(argv: list[str] | None = None) -> None:
     elif cfg.lr_find:
         from applications.lr_find import lr_find
         lr_find(cfg, explicit)
+    elif cfg.knowledge:
+        from applications.knowledge import dump_knowledge
+        dump_knowledge(cfg, explicit)
+    elif cfg.make_curriculum:
+        from applications.curriculum import make_curriculum
+        make_curriculum(cfg, explicit)
+    elif cfg.visual_data:
+        from applications.visualize import visualize
+        visualize(cfg, explicit)
+    elif cfg.repeat is not None:
+        from applications.repeat import repeat_runs
+        repeat_runs(cfg, explicit)
     else:
         from applications.train import train
         train(cfg, explicit)

@@ -12,6 +12,7 @@ import torch
 
 from config import Config
 from criterions import build_criterion, resolve_class_weights, resolve_head
+from dataloader import build_split_dataset
 from dataloader.gpu_decode import EncodedBatch
 from dataloader.mix import BatchAugment, build_batch_augment
 from dataloader.preprocess import Preprocessing, normalize_on_device
@@ -27,7 +28,8 @@ from utils.logger import get_logger
 # --decode is one of them: where decoding runs depends on the machine (a GPU run's checkpoint evaluated on a laptop).
 RUNTIME_FLAGS = {"resume", "evaluation", "jit", "device", "workers", "output", "split", "stop_epoch", "aug_preview",
                  "decode", "tta", "predict", "ensemble_weights", "probabilities", "average_last", "average",
-                 "update_bn", "onnx", "int8"}
+                 "update_bn", "onnx", "int8", "knowledge", "make_curriculum", "visual_data", "visual_method",
+                 "target_layer", "visual_limit", "repeat"}
 
 
 def resolve_config(cfg: Config, explicit: set[str]) -> tuple[Config, dict | None]:
@@ -45,6 +47,13 @@ def resolve_config(cfg: Config, explicit: set[str]) -> tuple[Config, dict | None
     if changed:
         get_logger().warning("overriding the checkpoint's config: %s", "; ".join(changed))
     return merged, ckpt
+
+
+def split_dataset_of(cfg: Config, split: str, class_names: list[str]):
+    """One split of ``cfg.data`` without augmentation, carved exactly as the run of ``cfg`` carved it (val ratio,
+    seed, K-fold)."""
+    return build_split_dataset(cfg.data, split, image_size=tuple(cfg.image_size), class_names=class_names,
+                               val_ratio=cfg.val_ratio, seed=cfg.seed, kfold=cfg.kfold, fold=cfg.fold)
 
 
 def preprocessing_of(cfg: Config) -> Preprocessing:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from applications.common import model_from_checkpoint, predict_probs, preprocessing_of, resolve_config
+from applications.common import (model_from_checkpoint, predict_probs, preprocessing_of, resolve_config,
+                                 split_dataset_of)
 from config import Config
-from dataloader import EncodedImageDataset, build_loader, build_split_dataset
+from dataloader import EncodedImageDataset, build_loader
 from dataloader.tta import build_tta
 from utils.distributed import cleanup_distributed, init_distributed
 from utils.hardware import choose_amp
@@ -23,9 +24,7 @@ def evaluate(cfg: Config, explicit: set[str]) -> dict:
         cfg, ckpt = resolve_config(cfg, explicit)
         cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, info.device)  # this machine's, not training's
         class_names = ckpt["class_names"]
-        dataset = build_split_dataset(cfg.data, cfg.split, image_size=tuple(cfg.image_size),
-                                      class_names=class_names, val_ratio=cfg.val_ratio,
-                                      seed=cfg.seed)
+        dataset = split_dataset_of(cfg, cfg.split, class_names)
         if cfg.decode == "device":  # workers only read the files; predict() decodes each batch on the device
             dataset = EncodedImageDataset(dataset)
         loader = build_loader(dataset, batch_size=cfg.batch_size, workers=cfg.workers, train=False, seed=cfg.seed,

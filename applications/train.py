@@ -15,6 +15,7 @@ from tqdm import tqdm
 from applications.common import (autocast, batch_augment_of, criterion_from_config, model_options,
                                  optimizer_from_config, predict, preprocessing_of, resolve_config, run_dir,
                                  scheduler_from_config, seed_everything, to_model_input)
+from applications.objective import TrainingLoss, training_loss_from_config
 from config import Config
 from criterions import resolve_head
 from dataloader import build_datasets, build_loader, encode_splits, hard_labels
@@ -56,7 +57,7 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
         torch.backends.cudnn.benchmark = True
 
     splits = build_datasets(cfg.data, image_size=tuple(cfg.image_size), aug=cfg.aug, val_ratio=cfg.val_ratio,
-                            seed=cfg.seed)
+                            seed=cfg.seed, kfold=cfg.kfold, fold=cfg.fold)
     class_names = splits.class_names
     if cfg.num_classes is not None and cfg.num_classes != len(class_names):
         raise ValueError(f"--num_classes {cfg.num_classes} but {cfg.data} has {len(class_names)} classes "
@@ -65,17 +66,19 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
     if cfg.decode == "device":  # workers only read the files; to_model_input decodes each batch on the device
         splits = encode_splits(splits, cache_images=cfg.cache_images)
     if splits.val is None:
-        raise ValueError(f"{cfg.data} has no val split and --val_ratio is {cfg.val_ratio}; add a val/ folder or "
-                         "val.csv, or pass --val_ratio 0.1 to validate on a stratified share of train")
+        check_training_without_val(cfg)
+        log.info("no val split (--val_ratio 0): training on all %d images without validation; best.pth holds the "
+                 "last epoch's %s weights", len(splits.train), "EMA" if cfg.ema else "model")
+    evaluated = [ds for ds in (splits.train, splits.val) if ds is not None]
     if cfg.cache_images == "ram":
         started = time.time()
-        gib = sum(ds.cache_in_ram() for ds in (splits.train, splits.val))
-        log.info("cached %d images (%.2f GiB) in RAM in %.1fs", len(splits.train) + len(splits.val), gib,
+        gib = sum(ds.cache_in_ram() for ds in evaluated)
+        log.info("cached %d images (%.2f GiB) in RAM in %.1fs", sum(map(len, evaluated)), gib,
                  time.time() - started)
     loader_args = dict(batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed, rank=info.rank,
                        world_size=info.world_size, pin_memory=info.device.type == "cuda")
     train_loader = build_loader(splits.train, train=True, balance=cfg.balance, **loader_args)
-    val_loader = build_loader(splits.val, train=False, **loader_args)
+    val_loader = build_loader(splits.val, train=False, **loader_args) if splits.val is not None else None
     preprocessing = preprocessing_of(cfg)
 
     cfg.head = resolve_head(cfg.criterion, cfg.head)  # stored resolved, so the checkpoint rebuilds the same head
@@ -93,6 +96,7 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and info.device.type == "cuda")
     criterion = criterion_from_config(cfg, class_names=class_names, train_targets=splits.train.targets)
     criterion = criterion.to(info.device)  # GHM's running counts and the class weights live on the device
+    step_loss = training_loss_from_config(cfg, criterion, splits.train, info.device)  # + teacher, curriculum
 
     ema = build_ema(model, cfg.ema_decay) if cfg.ema else None
     swa = build_swa(model) if cfg.swa else None
@@ -119,7 +123,7 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
     ddp_model = maybe_compile(wrap_ddp(model, info), model, cfg, info, log)
 
     log.info("run %s: %s, %d classes, train %d / val %d images, world size %d on %s", cfg.name, cfg.model,
-             cfg.num_classes, len(splits.train), len(splits.val), info.world_size, info.device)
+             cfg.num_classes, len(splits.train), len(splits.val or ()), info.world_size, info.device)
     recorder = RunRecorder(cfg.log_dir + "/" + cfg.name, out_dir / "summary.csv", info.is_main)
     last_epoch = min(cfg.epochs, cfg.stop_epoch) if cfg.stop_epoch is not None else cfg.epochs
     metrics: dict = {}
@@ -129,20 +133,25 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
         swa_lr = cfg.swa_lr if swa is not None and epoch >= swa_start else None
         if freezer.set_epoch(epoch) and info.is_distributed:  # unfrozen: a new DDP wrapper hooks the backbone too
             ddp_model = maybe_compile(wrap_ddp(model, info), model, cfg, info, log)
-        train_stats = train_one_epoch(ddp_model, train_loader, criterion, optimizer, scheduler, scaler, cfg,
+        train_stats = train_one_epoch(ddp_model, train_loader, step_loss, optimizer, scheduler, scaler, cfg,
                                       preprocessing, info, epoch, ema=ema, swa_lr=swa_lr, freezer=freezer)
         broadcast_buffers(model)
-        val_stats = validate(model, val_loader, criterion, cfg, preprocessing, info)
-        scheduler.end_epoch(val_stats["val_loss"])
-        candidates = {"model": (val_stats["val_top1"], model)}
-        if ema is not None:
-            ema_stats = validate(ema.module, val_loader, criterion, cfg, preprocessing, info)
-            val_stats.update({f"ema_{k}": v for k, v in ema_stats.items()})
-            candidates["ema"] = (ema_stats["val_top1"], ema.module)
         if swa is not None and epoch >= swa_start:
             swa.update_parameters(model)
-        source, (top1, best_weights) = max(candidates.items(), key=lambda item: item[1][0])
-        improved = top1 > best_top1
+        if val_loader is not None:
+            val_stats = validate(model, val_loader, criterion, cfg, preprocessing, info)
+            scheduler.end_epoch(val_stats["val_loss"])
+            candidates = {"model": (val_stats["val_top1"], model)}
+            if ema is not None:
+                ema_stats = validate(ema.module, val_loader, criterion, cfg, preprocessing, info)
+                val_stats.update({f"ema_{k}": v for k, v in ema_stats.items()})
+                candidates["ema"] = (ema_stats["val_top1"], ema.module)
+            source, (top1, best_weights) = max(candidates.items(), key=lambda item: item[1][0])
+            improved = top1 > best_top1
+        else:  # nothing to select on: best.pth follows the latest weights (EMA when kept)
+            val_stats, improved = {}, True
+            source, best_weights = ("ema", ema.module) if ema is not None else ("model", model)
+            top1 = -1.0
         if improved:
             best_top1, best_epoch = top1, epoch
         metrics = {"epoch": epoch, **train_stats, **val_stats, "lr": lr,
@@ -162,14 +171,11 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
                 save_checkpoint({**state, "model": best_weights.state_dict(), "train_model": state["model"],
                                  "weights": source}, out_dir / "best.pth")
         recorder.scalars({"train/loss": train_stats["train_loss"], "train/top1": train_stats["train_top1"],
-                          "val/loss": val_stats["val_loss"], "val/top1": val_stats["val_top1"],
-                          "lr": metrics["lr"], **({"val/ema_top1": val_stats["ema_val_top1"]} if ema else {})},
-                         epoch)
+                          "lr": metrics["lr"], **{f"val/{k[4:]}": v for k, v in val_stats.items()
+                                                  if k in ("val_loss", "val_top1", "ema_val_top1")}}, epoch)
         recorder.epoch_row(metrics)
-        log.info("epoch %d/%d  train loss %.4f top-1 %.2f  val loss %.4f top-1 %.2f top-5 %.2f%s  lr %.2e  %.1fs",
-                 epoch + 1, cfg.epochs, train_stats["train_loss"], train_stats["train_top1"],
-                 val_stats["val_loss"], val_stats["val_top1"], val_stats["val_top5"],
-                 f"  EMA top-1 {val_stats['ema_val_top1']:.2f}" if ema is not None else "", metrics["lr"],
+        log.info("epoch %d/%d  train loss %.4f top-1 %.2f%s  lr %.2e  %.1fs", epoch + 1, cfg.epochs,
+                 train_stats["train_loss"], train_stats["train_top1"], describe_val(val_stats), metrics["lr"],
                  metrics["seconds"])
         if cfg.patience is not None and epoch - best_epoch >= cfg.patience:
             log.info("early stopping: val top-1 has not improved for %d epochs (best %.2f at epoch %d)",
@@ -181,9 +187,32 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
                                                info, best_top1, out_dir, log)}
             best_top1 = max(best_top1, metrics.get("swa_val_top1", best_top1))
     recorder.close()
-    log.info("best val top-1 %.2f; checkpoints in %s (best.pth, last.pth), summary %s, TensorBoard %s/%s",
-             best_top1, out_dir, out_dir / "summary.csv", cfg.log_dir, cfg.name)
+    log.info("%s; checkpoints in %s (best.pth, last.pth), summary %s, TensorBoard %s/%s",
+             f"best val top-1 {best_top1:.2f}" if val_loader is not None else "no validation", out_dir,
+             out_dir / "summary.csv", cfg.log_dir, cfg.name)
     return metrics
+
+
+def check_training_without_val(cfg: Config) -> None:
+    """Without a val split only --val_ratio 0 trains (on purpose, e.g. a final model on all data); the options
+    that decide from val numbers are refused."""
+    if cfg.val_ratio != 0:
+        raise ValueError(f"{cfg.data} has no val split and --val_ratio is {cfg.val_ratio}; add a val/ folder or "
+                         "val.csv, pass --val_ratio 0.1 to validate on a stratified share of train, or --val_ratio 0 "
+                         "to train on all of train without validation")
+    needs_val = {"--lr_schedule plateau": cfg.lr_schedule == "plateau", "--patience": cfg.patience is not None}
+    if any(needs_val.values()):
+        raise ValueError(f"{', '.join(k for k, v in needs_val.items() if v)} decide(s) from the val loss or top-1, "
+                         f"and {cfg.data} has no val split (--val_ratio 0); drop it or add a val split")
+
+
+def describe_val(stats: dict) -> str:
+    """The val part of an epoch's log line ('' when training without validation)."""
+    if not stats:
+        return ""
+    ema = f"  EMA top-1 {stats['ema_val_top1']:.2f}" if "ema_val_top1" in stats else ""
+    return (f"  val loss {stats['val_loss']:.4f} top-1 {stats['val_top1']:.2f} top-5 {stats['val_top5']:.2f}"
+            + ema)
 
 
 def choose_speed_settings(cfg: Config, model: torch.nn.Module, info: DistInfo, log) -> None:
@@ -198,14 +227,19 @@ def choose_speed_settings(cfg: Config, model: torch.nn.Module, info: DistInfo, l
              cfg.channels_last, why)
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, cfg: Config, preprocessing,
+def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, cfg: Config, preprocessing,
                     info: DistInfo, epoch: int, ema=None, swa_lr: float | None = None,
                     freezer: BackboneFreezer | None = None) -> dict:
     """One pass over the training shard; loss and accuracy stay on the device until the end of the epoch.
 
+    ``loss_fn(logits, targets, inputs, indices, epoch)`` is the step loss (applications/objective.py), or a plain
+    criterion ``(logits, targets)``.
+
     With ``--accum_steps N`` the optimizer steps every N batches on the mean gradient of those batches (DDP
     all-reduces only on the last of them); the schedule counts optimizer steps.
     """
+    if not isinstance(loss_fn, TrainingLoss):
+        loss_fn = TrainingLoss(loss_fn)
     model.train()
     if freezer is not None:
         freezer.hold_norms()  # a frozen backbone keeps its BatchNorm statistics too
@@ -217,7 +251,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, cfg:
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not info.is_main, leave=False,
                mininterval=1.0, dynamic_ncols=True)
     optimizer.zero_grad(set_to_none=True)
-    for step, (images, targets, _) in enumerate(bar):
+    for step, (images, targets, indices) in enumerate(bar):
         inputs = to_model_input(images, preprocessing, info.device, cfg.channels_last)
         targets = targets.to(info.device, non_blocking=True)
         inputs, targets = batch_augment(inputs, targets, epoch=epoch, step=step)  # mixes give (N, C) targets
@@ -227,7 +261,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, cfg:
         with contextlib.nullcontext() if boundary else no_sync(model):
             with autocast(cfg, info.device):
                 logits = model(inputs)
-                loss = criterion(logits, targets)
+                loss = loss_fn(logits, targets, inputs, indices, epoch)
             objective = loss + weight_penalty(penalised, cfg.l1, cfg.l2) if penalised else loss
             scaler.scale(objective / group_size).backward()
         if boundary:
@@ -328,16 +362,16 @@ def finish_swa(swa, model, train_loader, val_loader, criterion, cfg: Config, pre
                for images, _, _ in train_loader)
     with autocast(cfg, info.device):
         update_bn(swa_model, batches, after=average_buffers)
-    stats = validate(swa_model, val_loader, criterion, cfg, preprocessing, info)
-    log.info("SWA over the last %d epochs (%d snapshots): val loss %.4f top-1 %.2f top-5 %.2f", cfg.swa_epochs,
-             int(swa.n_averaged.item()), stats["val_loss"], stats["val_top1"], stats["val_top5"])
+    stats = validate(swa_model, val_loader, criterion, cfg, preprocessing, info) if val_loader is not None else {}
+    log.info("SWA over the last %d epochs (%d snapshots)%s", cfg.swa_epochs, int(swa.n_averaged.item()),
+             describe_val(stats).replace("  val", ": val"))
     if info.is_main:
         last = load_checkpoint(out_dir / "last.pth")
         state = {**last, "model": swa_model.state_dict(), "train_model": last["model"], "weights": "swa",
                  "metrics": {**last["metrics"], **{f"swa_{k}": v for k, v in stats.items()}}}
         save_checkpoint(state, out_dir / "swa.pth")
-        if stats["val_top1"] > best_top1:
-            save_checkpoint({**state, "best_top1": stats["val_top1"]}, out_dir / "best.pth")
+        if stats.get("val_top1", best_top1 + 1) > best_top1:  # without val the SWA weights are the result
+            save_checkpoint({**state, "best_top1": stats.get("val_top1", best_top1)}, out_dir / "best.pth")
             log.info("best.pth now holds the SWA weights")
     return {f"swa_{k}": v for k, v in stats.items()}
 

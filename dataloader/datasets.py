@@ -146,8 +146,26 @@ def stratified_val_split(labels: list[str], val_ratio: float, seed: int) -> tupl
     return sorted(train_pos.tolist()), sorted(val_pos.tolist())
 
 
-def _discover_all(data_root: str, val_ratio: float, seed: int) -> tuple[dict, list[str], str]:
-    """Samples per split (None where absent), train class names, and a description of where val came from."""
+def kfold_split(labels: list[str], kfold: int, fold: int, seed: int) -> tuple[list[int], list[int]]:
+    """Positions of (the other K-1 folds, fold ``fold``) of a stratified K-fold partition fixed by ``seed``: the
+    K held-out folds are disjoint and together cover every position."""
+    from sklearn.model_selection import StratifiedKFold  # lazy: keeps `import dataloader.preprocess` light
+
+    if kfold < 2 or not 0 <= fold < kfold:
+        raise ValueError(f"--kfold must be >= 2 and --fold in 0..K-1, got --kfold {kfold} --fold {fold}")
+    smallest = min(Counter(labels).values())
+    if smallest < kfold:
+        raise ValueError(f"--kfold {kfold} needs at least {kfold} training images per class; the smallest class "
+                         f"has {smallest}. Lower --kfold or add images")
+    folds = StratifiedKFold(n_splits=kfold, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
+    train_pos, held_out = list(folds)[fold]
+    return sorted(train_pos.tolist()), sorted(held_out.tolist())
+
+
+def _discover_all(data_root: str, val_ratio: float, seed: int, kfold: int | None = None,
+                  fold: int = 0) -> tuple[dict, list[str], str]:
+    """Samples per split (None where absent), train class names, and a description of where val came from.
+    With ``kfold``, val is fold ``fold`` of train and train the other folds (a val/ folder is not used)."""
     data_root = os.path.abspath(os.fspath(data_root))
     train = discover_split(data_root, "train")
     if train is None or not train[0]:
@@ -163,7 +181,12 @@ def _discover_all(data_root: str, val_ratio: float, seed: int) -> tuple[dict, li
             _check_classes(splits[split], class_names, split, data_root)
             if split == "val":
                 val_source = found[1]
-    if splits["val"] is None and val_ratio > 0:
+    if kfold is not None:
+        train_pos, val_pos = kfold_split([label for _, label in train[0]], kfold, fold, seed)
+        splits["train"] = [train[0][i] for i in train_pos]
+        splits["val"] = [train[0][i] for i in val_pos]
+        val_source = f"fold {fold} of a stratified {kfold}-fold split of train (seed {seed})"
+    elif splits["val"] is None and val_ratio > 0:
         train_pos, val_pos = stratified_val_split([label for _, label in train[0]], val_ratio, seed)
         splits["train"] = [train[0][i] for i in train_pos]
         splits["val"] = [train[0][i] for i in val_pos]
@@ -278,12 +301,15 @@ def build_datasets(
     aug: str | bool | None,
     val_ratio: float,
     seed: int,
+    kfold: int | None = None,
+    fold: int = 0,
 ) -> DataSplits:
     """Discover train/val/test under `data_root` and build their datasets (augmentation on train only).
 
-    Without a val split, `val_ratio` of train (stratified, fixed by `seed`) becomes val; 0 means no val.
+    Without a val split, `val_ratio` of train (stratified, fixed by `seed`) becomes val; 0 means no val. With
+    `kfold`, val is fold `fold` of a stratified K-fold split of train and train the other folds.
     """
-    splits, class_names, val_source = _discover_all(os.fspath(data_root), val_ratio, seed)
+    splits, class_names, val_source = _discover_all(os.fspath(data_root), val_ratio, seed, kfold, fold)
     make = {"class_names": class_names, "image_size": image_size, "seed": seed}
     return DataSplits(
         train=_make_dataset(splits["train"], aug=aug, **make),
@@ -302,17 +328,21 @@ def build_split_dataset(
     class_names: list[str],
     val_ratio: float = 0.1,
     seed: int = 0,
+    kfold: int | None = None,
+    fold: int = 0,
 ) -> ImageClassificationDataset:
     """One split, without augmentation, labelled with `class_names` (e.g. those stored in a checkpoint).
 
     'train' and 'val' are the same images training used: when val is carved out of train, pass the training
-    run's `val_ratio` and `seed`.
+    run's `val_ratio` and `seed` (and `kfold`, `fold`).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}'; choose one of {list(SPLITS)}")
     data_root = os.fspath(data_root)
     # The test split does not depend on how val is carved out of train; skip that (it can fail on tiny sets).
-    splits, _, _ = _discover_all(data_root, val_ratio if split != "test" else 0.0, seed)
+    if split == "test":
+        val_ratio, kfold = 0.0, None
+    splits, _, _ = _discover_all(data_root, val_ratio, seed, kfold, fold)
     if splits[split] is None:
         raise FileNotFoundError(f"no '{split}' split under '{data_root}': {_expected_layout(data_root)}")
     _check_classes(splits[split], list(class_names), split, data_root)

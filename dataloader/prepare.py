@@ -6,7 +6,8 @@
 digits: sklearn's bundled 8x8 digits (1,797 images, no download), upscaled (default 32x32), stratified
 70/15/15 train/val/test (val_ratio is used for both val and test). fashion-mnist: the gzipped IDX files the
 Debian package `dataset-fashion-mnist` installs in /usr/share/datasets/fashion-mnist; the official test set is
-`test`, a stratified val_ratio (default 10%) of train is `val`; images stay 28x28 unless --image_size is given.
+`test`, a stratified val_ratio (default 10%) of train is `val` (`--val_ratio 0`: all 60,000 in `train` and no
+`val`, for a final model trained on all labelled data); images stay 28x28 unless --image_size is given.
 
 Idempotent: OUT/prepare.json (written last, atomically) records the parameters; a rerun with the same
 parameters on a complete copy does nothing. Files are written to OUT/.prepare-tmp first and moved into place.
@@ -123,7 +124,10 @@ def load_fashion_mnist_splits(*, source: str, seed: int, val_ratio: float, image
             raise ValueError(f"{source}: {split} has {len(images)} images but {len(labels)} labels")
         loaded[split] = (_resize(images, image_size, cv2.INTER_LINEAR), labels.astype(np.int64))
     images, labels = loaded["train"]
-    train, val = _stratified_split(labels, val_ratio, seed)
+    if val_ratio > 0:
+        train, val = _stratified_split(labels, val_ratio, seed)
+    else:  # all 60,000 for training (a final model); no val split is written
+        train, val = np.arange(len(labels)), np.arange(0)
     test_images, test_labels = loaded["test"]
     return {
         "train": (images[train], labels[train], train),
@@ -187,8 +191,10 @@ def prepare_dataset(
         raise ValueError(f"--limit must be positive, got {limit}")
     defaults = DATASETS[name]
     val_ratio = defaults["val_ratio"] if val_ratio is None else val_ratio
-    if not 0 < val_ratio < 0.5:
-        raise ValueError(f"--val_ratio must be in (0, 0.5), got {val_ratio}")
+    lowest = 0.0 if name == "fashion-mnist" else None  # digits carves its test split with val_ratio too
+    if not ((lowest is not None and val_ratio == lowest) or 0 < val_ratio < 0.5):
+        raise ValueError(f"--val_ratio must be in (0, 0.5){' or 0 (no val split)' if lowest == 0 else ''}, "
+                         f"got {val_ratio}")
     source = os.path.abspath(source or defaults["source"]) if defaults["source"] else None
     params = {"dataset": name, "limit": limit, "seed": seed, "val_ratio": val_ratio,
               "image_size": image_size or defaults["image_size"], "source": source}
@@ -204,15 +210,17 @@ def prepare_dataset(
     class_names = defaults["class_names"]
     tmp_root = os.path.join(out, ".prepare-tmp")
     shutil.rmtree(tmp_root, ignore_errors=True)  # leftovers of an interrupted run are ours to remove
-    counts = {s: _write_split(os.path.join(tmp_root, s), splits[s], class_names, limit, seed) for s in SPLITS}
+    written = [s for s in SPLITS if len(splits[s][1])]  # --val_ratio 0: no val folder at all
+    counts = {s: _write_split(os.path.join(tmp_root, s), splits[s], class_names, limit, seed) for s in written}
     for s in SPLITS:
         shutil.rmtree(os.path.join(out, s), ignore_errors=True)
-        os.replace(os.path.join(tmp_root, s), os.path.join(out, s))
+        if s in counts:
+            os.replace(os.path.join(tmp_root, s), os.path.join(out, s))
     os.rmdir(tmp_root)
     manifest = {"version": MANIFEST_VERSION, "params": params, "counts": counts, "class_names": list(class_names)}
     _write_manifest(out, manifest)
     elapsed = time.perf_counter() - start
-    log(f"wrote {name} to {out}: " + ", ".join(f"{s} {counts[s]}" for s in SPLITS)
+    log(f"wrote {name} to {out}: " + ", ".join(f"{s} {n}" for s, n in counts.items())
         + f" images, {len(class_names)} classes, {params['image_size']}x{params['image_size']} PNG, {elapsed:.1f}s")
     return manifest
 
@@ -243,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="at most N images per split (class-balanced)")
     parser.add_argument("--source", default=None, help=f"fashion-mnist IDX folder (default {FASHION_MNIST_SOURCE})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits and of --limit's selection")
-    parser.add_argument("--val_ratio", type=float, default=None, help="digits: 0.15 (val and test); fmnist: 0.1")
+    parser.add_argument("--val_ratio", type=float, default=None,
+                        help="digits: 0.15 (val and test); fmnist: 0.1 (0: no val split)")
     parser.add_argument("--image_size", type=int, default=None, help="square side in pixels (digits 32, fmnist 28)")
     args = parser.parse_args(argv)
     try:

@@ -103,7 +103,16 @@ def test_every_flag_is_exercised_somewhere():
                          "onnx", "int8",  # tests/test_onnx.py (export, ONNX Runtime parity, int8)
                          "decode",  # decode: tests/test_gpu_decode.py (JPEG photos; digits are PNG; train, eval, DDP)
                          # the lr finder trains nothing to check here: tests/test_lr_find.py
-                         "lr_find", "lr_find_start", "lr_find_end", "lr_find_steps"}
+                         "lr_find", "lr_find_start", "lr_find_end", "lr_find_steps",
+                         # tests/test_distill.py (knowledge files, offline/online distillation, K-fold)
+                         "knowledge", "distill", "distill_alpha", "distill_T", "teacher", "teacher_ckpt", "kfold",
+                         "fold",
+                         "repeat",  # tests/test_repeat.py (2 seeds under torchrun, the report)
+                         # tests/test_curriculum.py (stages, file, weights reaching the loss, pacing, stale files)
+                         "make_curriculum", "curriculum_thresholds", "curriculum_weights", "curriculum_learning",
+                         "curriculum_pacing",
+                         # tests/test_visualize.py (CAM methods, peaks, contact sheet, folder input)
+                         "visual_data", "visual_method", "target_layer", "visual_limit"}
     flags_here = {a.lstrip("-").removeprefix("no-") for flags, _ in FLAG_SETS.values() for a in flags
                   if a.startswith("--")}
     dests = {a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"}

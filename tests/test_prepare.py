@@ -112,3 +112,16 @@ def test_fashion_mnist_limit(tmp_path):
     assert image.shape == (28, 28) and image.dtype == np.uint8
     splits = build_datasets(tmp_path, image_size=28, aug=False, val_ratio=0.1, seed=0)
     assert sorted(splits.class_names) == sorted(manifest["class_names"])
+
+
+def test_val_ratio_zero_is_refused_for_digits(tmp_path, capsys):
+    assert main(["digits", "--out", str(tmp_path), "--limit", "5", "--val_ratio", "0"]) == 2
+    assert "--val_ratio must be in (0, 0.5), got 0" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_SOURCE),
+                    reason=f"{FASHION_MNIST_SOURCE} missing: apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_val_ratio_zero_writes_no_val(tmp_path):
+    assert main(["fashion-mnist", "--out", str(tmp_path), "--limit", "30", "--val_ratio", "0"]) == 0
+    assert json.loads((tmp_path / "prepare.json").read_text())["counts"] == {"train": 30, "test": 30}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepare.json", "test", "train"]

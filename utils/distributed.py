@@ -28,12 +28,17 @@ class DistInfo:
         return self.world_size > 1
 
 
+_OPENED = 0  # init_distributed calls not yet matched by cleanup_distributed (applications can nest: --repeat)
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Initialise the process group from torchrun's environment (nccl with CUDA, gloo without).
 
     ``device`` is "auto" (CUDA when available), "cpu" or "cuda". Under torchrun on CPU the cores are split
-    between the local processes, otherwise two processes on two cores run slower than one.
+    between the local processes, otherwise two processes on two cores run slower than one. Calls nest: the group
+    is created by the first and destroyed by the matching last ``cleanup_distributed``.
     """
+    global _OPENED
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -50,11 +55,14 @@ def init_distributed(device: str = "auto") -> DistInfo:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+    _OPENED += 1
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
 
 
 def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
+    global _OPENED
+    _OPENED = max(0, _OPENED - 1)
+    if _OPENED == 0 and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -12,7 +12,7 @@ import torch
 
 from config import Config
 from criterions import build_criterion, resolve_class_weights, resolve_head
-from dataloader import build_split_dataset
+from dataloader import build_loader, build_split_dataset
 from dataloader.gpu_decode import EncodedBatch
 from dataloader.mix import BatchAugment, build_batch_augment
 from dataloader.preprocess import Preprocessing, normalize_on_device
@@ -201,6 +201,16 @@ def predict_probs(model: torch.nn.Module, loader, cfg: Config, preprocessing: Pr
     """Class probabilities of a trained network for every sample (see gather_probs); rows sum to 1."""
     model.eval()
     return gather_probs(model_probs_fn(model, cfg, preprocessing, device), loader, device, tta)
+
+
+def predict_split(cfg: Config, ckpt: dict, split: str, info) -> tuple:
+    """The checkpoint's class probabilities on one split of its data, carved as its run carved it, all-gathered.
+    Returns ``(dataset, indices, probs, targets)`` (see gather_probs), identical on every rank."""
+    dataset = split_dataset_of(cfg, split, ckpt["class_names"])
+    loader = build_loader(dataset, batch_size=cfg.batch_size, workers=cfg.workers, train=False, seed=cfg.seed,
+                          rank=info.rank, world_size=info.world_size, pin_memory=info.device.type == "cuda")
+    model = model_from_checkpoint(ckpt, cfg, info.device)
+    return (dataset, *predict_probs(model, loader, cfg, preprocessing_of(cfg), info.device))
 
 
 def run_dir(cfg: Config) -> Path:

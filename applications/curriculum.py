@@ -19,10 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from applications.common import (model_from_checkpoint, predict_probs, preprocessing_of, resolve_config,
-                                 split_dataset_of)
+from applications.common import predict_split, resolve_config
 from config import Config
-from dataloader import build_loader
 from dataloader.knowledge import relative_path
 from utils.checkpoint import atomic_write
 from utils.distributed import cleanup_distributed, init_distributed
@@ -61,11 +59,7 @@ def make_curriculum(cfg: Config, explicit: set[str]) -> Path:
         cfg, ckpt = resolve_config(cfg, explicit)
         check_stages(cfg.curriculum_thresholds, cfg.curriculum_weights)  # values stored with the checkpoint
         cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, info.device)
-        dataset = split_dataset_of(cfg, "train", ckpt["class_names"])
-        loader = build_loader(dataset, batch_size=cfg.batch_size, workers=cfg.workers, train=False, seed=cfg.seed,
-                              rank=info.rank, world_size=info.world_size, pin_memory=info.device.type == "cuda")
-        model = model_from_checkpoint(ckpt, cfg, info.device)
-        indices, probs, targets = predict_probs(model, loader, cfg, preprocessing_of(cfg), info.device)
+        dataset, indices, probs, targets = predict_split(cfg, ckpt, "train", info)
         out = Path(cfg.output) if cfg.output else Path(cfg.data) / "curriculum.txt"
         if info.is_main:
             scores = probs.gather(1, targets[:, None]).squeeze(1).cpu().numpy()

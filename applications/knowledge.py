@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from applications.common import (autocast, model_from_checkpoint, model_options, predict_probs, preprocessing_of,
-                                 resolve_config, scores_to_probs, split_dataset_of)
+from applications.common import (autocast, model_from_checkpoint, model_options, predict_split, resolve_config,
+                                 scores_to_probs)
 from config import Config
-from dataloader import build_loader
 from dataloader.datasets import ImageClassificationDataset
 from dataloader.knowledge import knowledge_files, relative_path, teacher_probabilities, write_knowledge
 from models import build_model
@@ -40,11 +39,7 @@ def dump_knowledge(cfg: Config, explicit: set[str]) -> Path:
         cfg, ckpt = resolve_config(cfg, explicit)
         cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, info.device)
         class_names = ckpt["class_names"]
-        dataset = split_dataset_of(cfg, cfg.knowledge, class_names)
-        loader = build_loader(dataset, batch_size=cfg.batch_size, workers=cfg.workers, train=False, seed=cfg.seed,
-                              rank=info.rank, world_size=info.world_size, pin_memory=info.device.type == "cuda")
-        model = model_from_checkpoint(ckpt, cfg, info.device)
-        indices, probs, targets = predict_probs(model, loader, cfg, preprocessing_of(cfg), info.device)
+        dataset, indices, probs, targets = predict_split(cfg, ckpt, cfg.knowledge, info)
         out = Path(cfg.output) if cfg.output else Path(cfg.data) / "distill.txt"
         if info.is_main:
             paths = [relative_path(dataset.samples[i][0], cfg.data) for i in indices.tolist()]

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from applications.common import (autocast, model_from_checkpoint, preprocessing_of, resolve_config,
+from applications.common import (autocast, model_from_checkpoint, preprocessing_of, resolve_config, split_dataset_of,
                                  to_model_input)
 from config import Config
-from dataloader import build_loader, build_split_dataset
+from dataloader import build_loader
 from optim.averaging import update_bn
 from utils.checkpoint import epoch_checkpoints, load_checkpoint, save_checkpoint
 from utils.distributed import average_buffers, cleanup_distributed, init_distributed
@@ -106,8 +106,7 @@ def recompute_bn(weights: dict[str, torch.Tensor], ckpt: dict, cfg: Config, expl
     if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         log.warning("--update_bn: %s has no BatchNorm layers; nothing to recompute", cfg.model)
         return weights
-    dataset = build_split_dataset(cfg.data, "train", image_size=tuple(cfg.image_size),
-                                  class_names=ckpt["class_names"], val_ratio=cfg.val_ratio, seed=cfg.seed)
+    dataset = split_dataset_of(cfg, "train", ckpt["class_names"])  # a K-fold run's own K-1 folds
     loader = build_loader(dataset, batch_size=cfg.batch_size, workers=cfg.workers, train=False, seed=cfg.seed,
                           rank=info.rank, world_size=info.world_size, pin_memory=info.device.type == "cuda")
     preprocessing = preprocessing_of(cfg)

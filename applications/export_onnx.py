@@ -15,17 +15,17 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from applications.common import resolve_config
+from applications.common import resolve_config, split_dataset_of
 from applications.export import (INPUT_DESCRIPTION, OUTPUT_DESCRIPTION, compare_outputs, export_metadata,
                                  inference_models, log_fusion, require_parity, sample_images)
 from config import Config
-from dataloader import build_split_dataset
 from utils.distributed import cleanup_distributed, init_distributed
 from utils.logger import get_logger, setup_logging
 
@@ -141,21 +141,27 @@ def int8_path_of(path: Path) -> Path:
     return path.with_name(f"{path.stem}.int8.onnx")
 
 
-def split_top1(sessions: dict[str, object], cfg: Config, class_names: list[str], split: str) -> tuple[dict, int]:
-    """Top-1 (%) of each session on every image of ``split``, batched; and the number of images."""
+def split_top1(runs: dict[str, Callable[[torch.Tensor], torch.Tensor]], cfg: Config, class_names: list[str],
+               split: str) -> tuple[dict, int]:
+    """Top-1 (%) of each model (uint8 batch → probabilities) on every image of ``split`` as the run of ``cfg``
+    carved it, batched; and the number of images."""
     try:
-        dataset = build_split_dataset(cfg.data, split, image_size=tuple(cfg.image_size), class_names=class_names,
-                                      val_ratio=cfg.val_ratio, seed=cfg.seed)
+        dataset = split_dataset_of(cfg, split, class_names)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{exc}; choose the split to score the int8 model on with --split") from exc
-    correct = dict.fromkeys(sessions, 0)
-    for start in range(0, len(dataset), ACCURACY_BATCH):
-        items = [dataset[i] for i in range(start, min(start + ACCURACY_BATCH, len(dataset)))]
-        images = torch.stack([item[0] for item in items])
-        labels = torch.tensor([int(item[1]) for item in items])
-        for name, session in sessions.items():
-            correct[name] += int((run_session(session, images).argmax(1) == labels).sum())
+        raise FileNotFoundError(f"{exc}; choose the split to score the exported models on with --split") from exc
+    correct = dict.fromkeys(runs, 0)
+    with torch.inference_mode():
+        for start in range(0, len(dataset), ACCURACY_BATCH):
+            items = [dataset[i] for i in range(start, min(start + ACCURACY_BATCH, len(dataset)))]
+            images = torch.stack([item[0] for item in items])
+            labels = torch.tensor([int(item[1]) for item in items])
+            for name, run in runs.items():
+                correct[name] += int((run(images).argmax(1) == labels).sum())
     return {name: 100.0 * hits / len(dataset) for name, hits in correct.items()}, len(dataset)
+
+
+def session_runner(session) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda images: run_session(session, images)
 
 
 def export_onnx(cfg: Config, explicit: set[str]) -> OnnxExport | None:
@@ -204,7 +210,8 @@ def quantize_and_score(result: OnnxExport, session, cfg: Config, explicit: set[s
              "%.2e, top-1 agreement %.1f%%", result.int8_path, result.int8_path.stat().st_size / 1024,
              result.path.stat().st_size / 1024, "/".join(INT8_OP_TYPES), images.shape[0], max_diff, agree)
     result.split = cfg.split if "split" in explicit else "val"
-    top1, result.images = split_top1({"fp32": session, "int8": int8}, cfg, class_names, result.split)
+    top1, result.images = split_top1({"fp32": session_runner(session), "int8": session_runner(int8)}, cfg,
+                                     class_names, result.split)
     result.top1_fp32, result.top1_int8 = top1["fp32"], top1["int8"]
     log.info("%s split (%d images): top-1 fp32 ONNX %.2f%%, int8 ONNX %.2f%% (%+.2f points)", result.split,
              result.images, result.top1_fp32, result.top1_int8, result.top1_int8 - result.top1_fp32)

@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 import main as entry
+from applications.evaluate import evaluate
 from applications.export import count_batchnorms, fuse_conv_bn, load_torchscript
 from benchmarks.common import parse_markdown_table
+from config import Config
 from helpers import eager_probs, run
 from models import build_model
 from utils.logger import get_logger
@@ -177,23 +179,37 @@ def positive_number(text: str) -> float:
     return value
 
 
-def test_deploy_benchmark_prints_the_four_variants(tmp_path):
+def test_deploy_benchmark_prints_the_five_variants(tmp_path):
     markdown = tmp_path / "deploy.md"
     out = run([sys.executable, "benchmarks/deploy.py", "--model", "small_cnn", "--size", "32", "--iters", "3",
-               "--warmup", "1", "--threads", "1", "--markdown", str(markdown)]).stdout
+               "--warmup", "1", "--threads", "2", "--markdown", str(markdown)]).stdout
     rows = parse_markdown_table(out)
     assert [r["variant"].split(" (")[0] for r in rows] == ["eager PyTorch fp32", "TorchScript", "ONNX Runtime fp32",
-                                                           "ONNX Runtime int8"], out
+                                                           "ONNX Runtime fp32, 1 thread", "ONNX Runtime int8"], out
     assert "6 BN fused" in rows[1]["variant"]
     for row in rows:
         for column in ("ms p50", "ms p90", "FPS", "ratio vs eager"):
             positive_number(row[column])
         assert 0 <= float(row["top-1 agreement vs eager"].rstrip("%")) <= 100
     assert rows[0]["ratio vs eager"] == "1.00" and rows[0]["max abs prob diff vs eager"] == "0.00e+00"
-    for row in rows[1:3]:  # the float exports compute the same function as eager
+    for row in rows[1:4]:  # the float exports compute the same function as eager
         assert float(row["max abs prob diff vs eager"]) <= 1e-4, row
-    assert "CPU capability" in out and "ONNX Runtime intra-op threads 1" in out and "target (" in out, out
+    assert "CPU capability" in out and "ONNX Runtime intra-op threads 2" in out and "target (" in out, out
     assert markdown.read_text().strip() in out
+
+
+def test_deploy_benchmark_scores_a_checkpoint_on_its_val_split(exports, tmp_path):
+    out = run([sys.executable, "benchmarks/deploy.py", "--resume", str(exports["checkpoint"]), "--split", "val",
+               "--iters", "3", "--warmup", "1", "--threads", "2", "--no-int8"]).stdout
+    rows = {r["variant"].split(" (")[0]: r for r in parse_markdown_table(out)}
+    assert list(rows) == ["eager PyTorch fp32", "TorchScript", "ONNX Runtime fp32", "ONNX Runtime fp32, 1 thread"], out
+    cfg = Config(resume=str(exports["checkpoint"]), split="val", amp=False, workers=0)
+    report = evaluate(cfg, {"resume", "split", "amp", "workers"})  # the evaluation application, fp32
+    assert float(rows["eager PyTorch fp32"]["top-1 % on val"]) == pytest.approx(report["top1"], abs=0.006)
+    for row in rows.values():  # float exports of the same network: the same predictions
+        assert row["top-1 change (points)"] == "+0.00", row
+    assert f"top-1 on {report['samples']} images of the val split" in out
+    assert "small_cnn (" in out and "32x32" in out and "largest fp32 top-1 change 0.00 points" in out, out
 
 
 def test_models_benchmark_prints_the_model_table(tmp_path):

@@ -3,7 +3,7 @@
 # student at 28x28 on the class-balanced 10,000-image subset, 8 epochs of Adam 3e-3 + cosine, evaluated on the
 # official test set. Rows: the student alone; a stronger teacher (resnet9_half, 20 epochs of SGD) and the student
 # distilled from it (offline knowledge, alpha 0.5, T 4); K-fold self-distillation (5 folds, 2:8); curriculum learning
-# from the student's own scores. Writes docs/results/distillation.md. About 30 minutes on 2 cores.
+# from the student's own scores. Writes docs/results/distillation.md. About 25 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash z_task_shell/setup_env.sh

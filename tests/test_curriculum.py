@@ -1,4 +1,5 @@
-"""--make_curriculum and --curriculum_learning: stages, the file, weights reaching the loss, pacing, stale files."""
+"""--make_curriculum and --curriculum_learning: stages, the file, weights reaching the loss, pacing, stale files; the
+issue's applications together under torchrun."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +14,7 @@ import main as entry
 from applications.curriculum import CurriculumWeights, assign_stages
 from applications.objective import TrainingLoss
 from criterions import build_criterion
+from helpers import torchrun
 from utils.checkpoint import load_checkpoint
 
 
@@ -85,3 +87,24 @@ def test_stale_or_missing_curriculum_is_a_clear_error(data, tmp_path):
         entry.main(common(data, tmp_path, "x", "--curriculum_learning"))
     with pytest.raises(ValueError, match="one weight per stage"):
         entry.main(["--make_curriculum", "--resume", "nothing.pth", "--curriculum_weights", "1"])
+
+
+def test_curriculum_distillation_and_cam_under_torchrun(data, tmp_path):
+    """The issue's applications under DDP: a 2-process curriculum file equals the 1-process one, a 2-process run
+    trains with curriculum weights and teacher knowledge together, and 2-process CAM explains each image once."""
+    entry.main(common(data, tmp_path, "scorer", "--epochs", "2", "--lr", "0.003"))
+    scorer = str(tmp_path / "ck/scorer/best.pth")
+    entry.main(["--make_curriculum", "--resume", scorer, "-j", "0", "--output", str(tmp_path / "one.txt")])
+    torchrun(2, ["--make_curriculum", "--resume", scorer, "-j", "0"])  # → DATA/curriculum.txt
+    one, two = (list(csv.DictReader(open(p))) for p in (tmp_path / "one.txt", data / "curriculum.txt"))
+    assert [r["path"] for r in one] == [r["path"] for r in two] and len(two) == 40
+    assert all(a["stage"] == b["stage"] and abs(float(a["score"]) - float(b["score"])) < 1e-5 for a, b in zip(one, two))
+    torchrun(2, ["--knowledge", "train", "--resume", scorer, "-j", "0"])  # → DATA/distill.txt
+    torchrun(2, common(data, tmp_path, "both", "--curriculum_learning", "--distill"))
+    log = (tmp_path / "ck/both/train.log").read_text()
+    assert "curriculum learning from" in log and "world size 2" in log and "distilling from 1 knowledge" in log, log
+    torchrun(2, ["--visual_data", "val", "--resume", scorer, "--visual_method", "grad-cam", "-j", "0",
+                 "--output", str(tmp_path / "cam")])
+    rows = list(csv.DictReader(open(tmp_path / "cam/results.csv")))
+    assert len(rows) == len({r["path"] for r in rows}) == len(list((data / "val").rglob("*.png")))
+    assert all((tmp_path / "cam" / name).is_file() for name in ("index.html", "0000_image.png", "0000_cam.png"))

@@ -32,6 +32,7 @@ class Config:
     head: str | None = None  # None: cosine for margin losses, else linear; training stores the resolved value
     dropout: float | None = None
     pooling: str = "avg"
+    bn_momentum: float | None = None
     # optimisation
     criterion: str = "softmax"
     label_smoothing: float = 0.0
@@ -190,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dropout probability right before the classifier (timm: drop_rate); unset: model's default")
     g.add_argument("--pooling", choices=["avg", "avgmax"], default=d.pooling,
                    help="global pooling: avg, or avgmax (average and max pooling concatenated, classifier input x2)")
+    g.add_argument("--bn_momentum", type=float, default=d.bn_momentum, metavar="M",
+                   help="momentum of every BatchNorm's running statistics (PyTorch's default is 0.1); unset: the "
+                        "model's own (torchvision's MobileNetV3 uses 0.01, too slow for runs of a few thousand steps)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--criterion", default=d.criterion,
                    help="loss: softmax, bce (sigmoid one-vs-all), focal, arcface or amsoftmax (README: Losses); "

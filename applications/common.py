@@ -74,13 +74,14 @@ def seed_everything(seed: int) -> None:
 
 
 def model_options(cfg: Config) -> dict:
-    """build_model's head options from the config: training, evaluation, export and resume build the same network.
+    """build_model's head (and BatchNorm) options from the config: training, evaluation, export and resume build the
+    same network.
 
     The head is resolved here too (margin losses need the cosine head), so configs saved before --head existed
     rebuild their linear head.
     """
     return {"head": resolve_head(cfg.criterion, cfg.head), "dropout": cfg.dropout, "pooling": cfg.pooling,
-            "cosine_scale": cfg.arc_scale}
+            "cosine_scale": cfg.arc_scale, "bn_momentum": cfg.bn_momentum}
 
 
 def criterion_from_config(cfg: Config, *, class_names: list[str], train_targets: list[int]) -> torch.nn.Module:

@@ -29,6 +29,7 @@ FLAG_SETS = {
     "amp": (["--amp"], {"amp": True}),
     "no_amp_auto_channels_last": (["--no-amp"], {"amp": False}),
     "channels_last": (["--channels_last"], {"channels_last": True}),
+    "bn_momentum": (["--bn_momentum", "0.2"], {"bn_momentum": 0.2}),
     "cache_images": (["--cache_images", "ram", "--aug", "-j", "1", "--no-channels_last"],
                      {"cache_images": "ram", "channels_last": False}),
     "bce_label_smoothing": (["--criterion", "bce", "--label_smoothing", "0.1"], {"criterion": "bce"}),

@@ -344,3 +344,14 @@ def test_pretrained_skips_the_head_of_another_shape_with_head_options(tmp_path) 
     # --dropout alone keeps the classifier's parameter names, so a same-shaped head still loads
     model = models.build_model("resnet18", num_classes=10, pretrained=str(path), dropout=0.2)
     assert torch.equal(model.fc.weight, source.fc.weight)
+
+
+def test_bn_momentum_sets_every_batchnorm_and_is_checked() -> None:
+    def momenta(model: nn.Module) -> set[float]:
+        return {m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+    assert momenta(models.build_model("mobilenet_v3_small", num_classes=3)) == {0.01}  # torchvision's own
+    assert momenta(models.build_model("mobilenet_v3_small", num_classes=3, bn_momentum=0.1)) == {0.1}
+    assert momenta(models.build_model("small_cnn", num_classes=3, bn_momentum=0.3)) == {0.3}
+    with pytest.raises(ValueError, match="--bn_momentum must be in"):
+        models.build_model("small_cnn", num_classes=3, bn_momentum=0)

@@ -82,6 +82,7 @@ def test_topk_and_report(tmp_path):
 
 def test_results_table_reads_reports_and_summaries(tmp_path, capsys):
     import json
+    import shutil
 
     from utils.results_table import main as results_table
 
@@ -92,5 +93,10 @@ def test_results_table_reads_reports_and_summaries(tmp_path, capsys):
     assert results_table([str(run), "--strip", "strategy_loss_"]) == 0
     row = capsys.readouterr().out.strip().splitlines()[-1]
     assert row == "| focal | 91.23 | 99.50 | 0.9100 | 91.00 | 2 | 1.5 |"
+    nested = tmp_path / "kfold" / "final"  # a run inside another run's folder keeps its path below the common one
+    shutil.copytree(run, nested)
+    assert results_table([str(run), str(nested)]) == 0
+    labels = [line.split(" | ")[0] for line in capsys.readouterr().out.strip().splitlines()[-2:]]
+    assert labels == ["| strategy_loss_focal", "| kfold/final"]
     with pytest.raises(FileNotFoundError, match="--evaluation"):
         results_table([str(tmp_path / "missing")])

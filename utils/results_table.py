@@ -3,18 +3,20 @@
     python -m utils.results_table checkpoints/strategy_* --split test > docs/results/strategy.md
 
 A run is a checkpoint directory holding ``summary.csv`` and ``eval_<split>/report.json`` (written by
-``main.py --evaluation``). Rows keep the order given; the label is the run name after ``--strip``.
+``main.py --evaluation``). Rows keep the order given; the label is the run's path below the runs' common folder
+(``distill_kfold/final`` for checkpoints/distill_kfold/final beside checkpoints/distill_teacher), after ``--strip``.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
 
-def run_row(run_dir: Path, split: str, strip: str) -> list[str]:
+def run_row(run_dir: Path, split: str, strip: str, root: Path) -> list[str]:
     report_path = run_dir / f"eval_{split}" / "report.json"
     summary_path = run_dir / "summary.csv"
     for path in (report_path, summary_path):
@@ -27,7 +29,7 @@ def run_row(run_dir: Path, split: str, strip: str) -> list[str]:
     if rows and "ema_val_top1" in rows[0] and rows[0]["ema_val_top1"]:
         best_val = max(best_val, max(float(r["ema_val_top1"]) for r in rows))
     minutes = sum(float(r["seconds"]) for r in rows) / 60
-    label = run_dir.name.removeprefix(strip)
+    label = run_dir.resolve().relative_to(root).as_posix().removeprefix(strip)
     return [label, f"{report['top1']:.2f}", f"{report['top5']:.2f}", f"{report['macro_f1']:.4f}", f"{best_val:.2f}",
             str(len(rows)), f"{minutes:.1f}"]
 
@@ -46,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", help="the evaluation split whose report is read")
     parser.add_argument("--strip", default="", help="prefix removed from run names for the labels")
     args = parser.parse_args(argv)
-    print(markdown([run_row(run, args.split, args.strip) for run in args.runs], args.split))
+    runs = [run.resolve() for run in args.runs]
+    root = runs[0].parent if len(set(runs)) == 1 else Path(os.path.commonpath(runs))
+    print(markdown([run_row(run, args.split, args.strip, root) for run in runs], args.split))
     return 0
 
 

@@ -21,6 +21,7 @@ from criterions import resolve_head
 from dataloader import build_datasets, build_loader, encode_splits, hard_labels
 from models import build_model
 from models.heads import find_classifier_name
+from models.registry import batchnorm_lag_warning
 from optim import BackboneFreezer
 from optim.averaging import build_ema, build_swa, swa_start_epoch, update_bn
 from utils.checkpoint import (capture_rng_state, keep_epoch_checkpoint, load_checkpoint, restore_rng_state,
@@ -92,7 +93,10 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
     if cfg.keep_epochs < 0:
         raise ValueError(f"--keep_epochs must be >= 0 (0 keeps only last.pth and best.pth), got {cfg.keep_epochs}")
     optimizer = optimizer_from_config(cfg, model, world_size=info.world_size)
-    scheduler = scheduler_from_config(cfg, optimizer, steps_per_epoch=math.ceil(len(train_loader) / cfg.accum_steps))
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.accum_steps)
+    scheduler = scheduler_from_config(cfg, optimizer, steps_per_epoch=steps_per_epoch)
+    if (lag := batchnorm_lag_warning(model, cfg.model, steps_per_epoch * cfg.epochs)) and cfg.bn_momentum is None:
+        log.warning(lag)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and info.device.type == "cuda")
     criterion = criterion_from_config(cfg, class_names=class_names, train_targets=splits.train.targets)
     criterion = criterion.to(info.device)  # GHM's running counts and the class weights live on the device

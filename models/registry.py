@@ -164,3 +164,16 @@ def set_bn_momentum(model: nn.Module, momentum: float) -> int:
     for norm in norms:
         norm.momentum = momentum
     return len(norms)
+
+
+def batchnorm_lag_warning(model: nn.Module, name: str, steps: int) -> str | None:
+    """A warning when ``model``'s slowest BatchNorm momentum is below PyTorch's 0.1 and too small for a run of
+    ``steps`` optimizer steps (momentum x steps < 20, e.g. 0.01 and under 2,000 steps), else None."""
+    momenta = [m.momentum for m in model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None]
+    if not momenta or min(momenta) >= 0.1 or min(momenta) * steps >= 20:
+        return None
+    slowest = min(momenta)
+    return (f"{name}'s BatchNorm momentum is {slowest:g}: its running statistics average over about "
+            f"{1 / slowest:.0f} steps and this run has {steps}, so in eval mode they can trail the weights (val "
+            f"accuracy far below train accuracy); --bn_momentum 0.1 makes them follow")

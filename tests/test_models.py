@@ -355,3 +355,14 @@ def test_bn_momentum_sets_every_batchnorm_and_is_checked() -> None:
     assert momenta(models.build_model("small_cnn", num_classes=3, bn_momentum=0.3)) == {0.3}
     with pytest.raises(ValueError, match="--bn_momentum must be in"):
         models.build_model("small_cnn", num_classes=3, bn_momentum=0)
+
+
+
+def test_batchnorm_lag_warning_for_slow_momentum_in_a_short_run() -> None:
+    from models.registry import batchnorm_lag_warning
+
+    slow = models.build_model("mobilenet_v3_small", num_classes=3)  # momentum 0.01
+    assert "--bn_momentum 0.1" in batchnorm_lag_warning(slow, "mobilenet_v3_small", steps=468)
+    assert batchnorm_lag_warning(slow, "mobilenet_v3_small", steps=2000) is None
+    fast = models.build_model("mobilenet_v3_small", num_classes=3, bn_momentum=0.1)
+    assert batchnorm_lag_warning(fast, "mobilenet_v3_small", steps=50) is None

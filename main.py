@@ -16,61 +16,52 @@
 """
 from __future__ import annotations
 
+import importlib
 import sys
+from collections.abc import Callable
+from typing import NamedTuple
 
-from config import parse_config
+from config import Config, parse_config
+
+
+class Application(NamedTuple):
+    flag: str  # as the user types it, for the error when two are chosen
+    chosen: Callable[[Config], object]
+    module: str
+    function: str  # module.function(cfg, explicit) runs it
+
+
+APPLICATIONS = [  # without any of these, main.py trains (applications.train.train)
+    Application("--evaluation", lambda c: c.evaluation, "applications.evaluate", "evaluate"),
+    Application("--jit", lambda c: c.jit, "applications.export", "export_jit"),
+    Application("--onnx", lambda c: c.onnx, "applications.export_onnx", "export_onnx"),
+    Application("--predict", lambda c: c.predict, "applications.predict", "predict_submission"),
+    Application("--average_last / --average", lambda c: c.average_last is not None or c.average,
+                "applications.average", "average_checkpoints"),
+    Application("--aug_preview", lambda c: c.aug_preview is not None, "applications.aug_preview", "aug_preview"),
+    Application("--lr_find", lambda c: c.lr_find, "applications.lr_find", "lr_find"),
+    Application("--knowledge", lambda c: c.knowledge, "applications.knowledge", "dump_knowledge"),
+    Application("--make_curriculum", lambda c: c.make_curriculum, "applications.curriculum", "make_curriculum"),
+    Application("--visual_data", lambda c: c.visual_data, "applications.visualize", "visualize"),
+    Application("--repeat", lambda c: c.repeat is not None, "applications.repeat", "repeat_runs"),
+]
+TRAIN = Application("(training)", lambda c: True, "applications.train", "train")
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg, explicit = parse_config(argv)
-    jobs = {"--evaluation": cfg.evaluation, "--jit": cfg.jit, "--onnx": cfg.onnx, "--predict": cfg.predict,
-            "--average_last / --average": cfg.average_last is not None or cfg.average,
-            "--aug_preview": cfg.aug_preview is not None, "--lr_find": cfg.lr_find, "--knowledge": cfg.knowledge,
-            "--make_curriculum": cfg.make_curriculum, "--visual_data": cfg.visual_data, "--repeat": cfg.repeat}
-    if sum(map(bool, jobs.values())) > 1:
-        sys.exit(f"choose one of {', '.join(jobs)}; got {', '.join(k for k, v in jobs.items() if v)}")
+    chosen = [app for app in APPLICATIONS if app.chosen(cfg)]
+    if len(chosen) > 1:
+        sys.exit(f"choose one of {', '.join(app.flag for app in APPLICATIONS)}; got "
+                 f"{', '.join(app.flag for app in chosen)}")
     if cfg.tta and not (cfg.evaluation or cfg.predict):
         sys.exit("--tta is test-time augmentation: use it with --evaluation or --predict")
     if isinstance(cfg.resume, list) and not cfg.predict:
         sys.exit(f"--resume got {len(cfg.resume)} files; only --predict takes several (an ensemble)")
     if cfg.int8 and not cfg.onnx:
         sys.exit("--int8 quantises the ONNX export: use it with --onnx --resume CKPT")
-    if cfg.evaluation:
-        from applications.evaluate import evaluate
-        evaluate(cfg, explicit)
-    elif cfg.jit:
-        from applications.export import export_jit
-        export_jit(cfg, explicit)
-    elif cfg.onnx:
-        from applications.export_onnx import export_onnx
-        export_onnx(cfg, explicit)
-    elif cfg.predict:
-        from applications.predict import predict_submission
-        predict_submission(cfg, explicit)
-    elif cfg.average_last is not None or cfg.average:
-        from applications.average import average_checkpoints
-        average_checkpoints(cfg, explicit)
-    elif cfg.aug_preview is not None:
-        from applications.aug_preview import aug_preview
-        aug_preview(cfg, explicit)
-    elif cfg.lr_find:
-        from applications.lr_find import lr_find
-        lr_find(cfg, explicit)
-    elif cfg.knowledge:
-        from applications.knowledge import dump_knowledge
-        dump_knowledge(cfg, explicit)
-    elif cfg.make_curriculum:
-        from applications.curriculum import make_curriculum
-        make_curriculum(cfg, explicit)
-    elif cfg.visual_data:
-        from applications.visualize import visualize
-        visualize(cfg, explicit)
-    elif cfg.repeat is not None:
-        from applications.repeat import repeat_runs
-        repeat_runs(cfg, explicit)
-    else:
-        from applications.train import train
-        train(cfg, explicit)
+    app = chosen[0] if chosen else TRAIN
+    getattr(importlib.import_module(app.module), app.function)(cfg, explicit)  # imported only when chosen
 
 
 if __name__ == "__main__":

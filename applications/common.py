@@ -1,11 +1,13 @@
-"""What several applications share: resolving a checkpoint's config, building the model, moving uint8
-batches to the device, autocast, and exact all-gathered prediction over a data set."""
+"""What several applications share: the opening of a job on a trained checkpoint, resolving its config, building the
+model, moving uint8 batches to the device, autocast, and exact all-gathered prediction over a data set."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -21,8 +23,9 @@ from models import build_model
 from models.heads import find_classifier_name
 from optim import Scheduler, build_optimizer, build_scheduler, param_groups, scale_lr_by_batch
 from utils.checkpoint import load_checkpoint
-from utils.distributed import gather_predictions
-from utils.logger import get_logger
+from utils.distributed import DistInfo, cleanup_distributed, gather_predictions, init_distributed
+from utils.hardware import choose_amp
+from utils.logger import get_logger, setup_logging
 
 # Options that describe how to run, not what was trained: on resume they come from the command line.
 # --decode is one of them: where decoding runs depends on the machine (a GPU run's checkpoint evaluated on a laptop).
@@ -47,6 +50,31 @@ def resolve_config(cfg: Config, explicit: set[str]) -> tuple[Config, dict | None
     if changed:
         get_logger().warning("overriding the checkpoint's config: %s", "; ".join(changed))
     return merged, ckpt
+
+
+class Job(NamedTuple):
+    cfg: Config  # the checkpoint's config with the flags typed on top
+    ckpt: dict
+    info: DistInfo
+    log: logging.Logger
+
+
+@contextlib.contextmanager
+def checkpoint_job(cfg: Config, explicit: set[str], missing_resume: str) -> Iterator[Job]:
+    """The opening and closing of an application that runs a trained checkpoint: the process group (a world of one
+    without torchrun), logging on rank 0, --resume required (``missing_resume`` is the error without it), the
+    checkpoint's config with the typed flags on top, and AMP chosen for this machine rather than the training one.
+    The process group is closed however the job ends."""
+    info = init_distributed(cfg.device)
+    try:
+        log = setup_logging(None, info.is_main)
+        if not cfg.resume:
+            raise ValueError(missing_resume)
+        cfg, ckpt = resolve_config(cfg, explicit)
+        cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, info.device)
+        yield Job(cfg, ckpt, info, log)
+    finally:
+        cleanup_distributed()
 
 
 def split_dataset_of(cfg: Config, split: str, class_names: list[str]):

@@ -19,13 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from applications.common import predict_split, resolve_config
+from applications.common import checkpoint_job, predict_split
 from config import Config
 from dataloader.knowledge import relative_path
 from utils.checkpoint import atomic_write
-from utils.distributed import cleanup_distributed, init_distributed
-from utils.hardware import choose_amp
-from utils.logger import setup_logging
 
 HEADER = ["path", "stage", "weight", "score"]
 
@@ -50,15 +47,10 @@ def assign_stages(scores: np.ndarray, thresholds: list[float]) -> np.ndarray:
 
 def make_curriculum(cfg: Config, explicit: set[str]) -> Path:
     """Score the training split with ``--resume``; rank 0 writes ``--output`` (default DATA/curriculum.txt)."""
-    info = init_distributed(cfg.device)
-    try:
-        log = setup_logging(None, info.is_main)
-        if not cfg.resume:
-            raise ValueError("--make_curriculum needs a trained model to score the images: --resume CKPT")
-        check_stages(cfg.curriculum_thresholds, cfg.curriculum_weights)
-        cfg, ckpt = resolve_config(cfg, explicit)
+    check_stages(cfg.curriculum_thresholds, cfg.curriculum_weights)
+    missing = "--make_curriculum needs a trained model to score the images: --resume CKPT"
+    with checkpoint_job(cfg, explicit, missing) as (cfg, ckpt, info, log):
         check_stages(cfg.curriculum_thresholds, cfg.curriculum_weights)  # values stored with the checkpoint
-        cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, info.device)
         dataset, indices, probs, targets = predict_split(cfg, ckpt, "train", info)
         out = Path(cfg.output) if cfg.output else Path(cfg.data) / "curriculum.txt"
         if info.is_main:
@@ -77,8 +69,6 @@ def make_curriculum(cfg: Config, explicit: set[str]) -> Path:
                      ", ".join(f"stage {s} (weight {w:g}) {n}" for s, (w, n) in
                                enumerate(zip(cfg.curriculum_weights, counts))))
         return out
-    finally:
-        cleanup_distributed()
 
 
 def read_curriculum(file: str | os.PathLike, data_root: str, sample_paths: list[str],

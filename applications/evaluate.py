@@ -3,26 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from applications.common import (model_from_checkpoint, predict_probs, preprocessing_of, resolve_config,
+from applications.common import (checkpoint_job, model_from_checkpoint, predict_probs, preprocessing_of,
                                  split_dataset_of)
 from config import Config
 from dataloader import EncodedImageDataset, build_loader
 from dataloader.tta import build_tta
-from utils.distributed import cleanup_distributed, init_distributed
-from utils.hardware import choose_amp
-from utils.logger import setup_logging
 from utils.metrics import classification_report, write_report
 
 
 def evaluate(cfg: Config, explicit: set[str]) -> dict:
     """Evaluate the checkpoint on ``cfg.split``; rank 0 writes report.json and the confusion matrix."""
-    info = init_distributed(cfg.device)
-    try:
-        log = setup_logging(None, info.is_main)
-        if not cfg.resume:
-            raise ValueError("--evaluation needs --resume CKPT (a best.pth or last.pth written by training)")
-        cfg, ckpt = resolve_config(cfg, explicit)
-        cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, info.device)  # this machine's, not training's
+    missing = "--evaluation needs --resume CKPT (a best.pth or last.pth written by training)"
+    with checkpoint_job(cfg, explicit, missing) as (cfg, ckpt, info, log):
         class_names = ckpt["class_names"]
         dataset = split_dataset_of(cfg, cfg.split, class_names)
         if cfg.decode == "device":  # workers only read the files; predict() decodes each batch on the device
@@ -46,5 +38,3 @@ def evaluate(cfg: Config, explicit: set[str]) -> dict:
                      report["macro_f1"])
             log.info("report written to %s", ", ".join(str(p) for p in paths))
         return report
-    finally:
-        cleanup_distributed()

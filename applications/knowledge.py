@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from applications.common import (autocast, model_from_checkpoint, model_options, predict_split, resolve_config,
+from applications.common import (autocast, checkpoint_job, model_from_checkpoint, model_options, predict_split,
                                  scores_to_probs)
 from config import Config
 from dataloader.datasets import ImageClassificationDataset
@@ -23,21 +23,14 @@ from dataloader.knowledge import knowledge_files, relative_path, teacher_probabi
 from models import build_model
 from models.pretrained import read_state_dict
 from utils.checkpoint import load_checkpoint
-from utils.distributed import cleanup_distributed, init_distributed
-from utils.hardware import choose_amp
-from utils.logger import get_logger, setup_logging
+from utils.logger import get_logger
 
 
 def dump_knowledge(cfg: Config, explicit: set[str]) -> Path:
     """Predict ``cfg.knowledge`` with the teacher ``--resume``; rank 0 writes the probabilities (``--output``,
     default DATA/distill.txt) and the one-hot labels (label.txt in the same folder). Returns the knowledge file."""
-    info = init_distributed(cfg.device)
-    try:
-        log = setup_logging(None, info.is_main)
-        if not cfg.resume:
-            raise ValueError("--knowledge needs the teacher: --resume TEACHER.pth (a checkpoint written by training)")
-        cfg, ckpt = resolve_config(cfg, explicit)
-        cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, info.device)
+    missing = "--knowledge needs the teacher: --resume TEACHER.pth (a checkpoint written by training)"
+    with checkpoint_job(cfg, explicit, missing) as (cfg, ckpt, info, log):
         class_names = ckpt["class_names"]
         dataset, indices, probs, targets = predict_split(cfg, ckpt, cfg.knowledge, info)
         out = Path(cfg.output) if cfg.output else Path(cfg.data) / "distill.txt"
@@ -51,8 +44,6 @@ def dump_knowledge(cfg: Config, explicit: set[str]) -> Path:
             log.info("knowledge of %s on the %s split (%d images, teacher top-1 %.2f%%) written to %s; labels to %s",
                      cfg.resume, cfg.knowledge, len(paths), top1, out, out.parent / "label.txt")
         return out
-    finally:
-        cleanup_distributed()
 
 
 class KnowledgeTeacher:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from applications.common import model_from_checkpoint, preprocessing_of, resolve_config, split_dataset_of
+from applications.common import checkpoint_job, model_from_checkpoint, preprocessing_of, split_dataset_of
 from applications.predict import list_inputs
 from config import Config
 from dataloader import ImageClassificationDataset, build_loader
@@ -35,8 +35,7 @@ from dataloader.datasets import SPLITS
 from dataloader.preprocess import normalize_on_device
 from models.heads import get_classifier
 from utils.checkpoint import atomic_write
-from utils.distributed import DistInfo, cleanup_distributed, gather_predictions, init_distributed
-from utils.logger import setup_logging
+from utils.distributed import DistInfo, gather_predictions
 
 METHODS = ("cam", "grad-cam", "grad-cam++")
 ALIASES = {"grad-camm++": "grad-cam++"}  # the main seed's spelling
@@ -139,12 +138,8 @@ def visual_dataset(cfg: Config, class_names: list[str]) -> tuple[ImageClassifica
 
 def visualize(cfg: Config, explicit: set[str]) -> Path:
     """Explain the predictions of ``--resume`` on ``--visual_data``; returns the output folder."""
-    info = init_distributed(cfg.device)
-    try:
-        log = setup_logging(None, info.is_main)
-        if not cfg.resume:
-            raise ValueError("--visual_data needs the model to explain: --resume CKPT")
-        cfg, ckpt = resolve_config(cfg, explicit)
+    missing = "--visual_data needs the model to explain: --resume CKPT"
+    with checkpoint_job(cfg, explicit, missing) as (cfg, ckpt, info, log):
         method = canonical_method(cfg.visual_method)
         if cfg.visual_limit < 1:
             raise ValueError(f"--visual_limit must be >= 1, got {cfg.visual_limit}")
@@ -167,8 +162,6 @@ def visualize(cfg: Config, explicit: set[str]) -> Path:
             log_to_tensorboard(out_dir, rows, cfg, method)
             log.info("%d overlays, index.html and results.csv written to %s", count, out_dir)
         return out_dir
-    finally:
-        cleanup_distributed()
 
 
 def explain(model, layer, method: str, dataset: ImageClassificationDataset, cfg: Config, info: DistInfo,

@@ -204,3 +204,14 @@ def test_margin_loss_switches_and_head_options_resume_evaluate_and_export(tiny_d
     entry.main(["--jit", "--resume", str(tmp_path / "ck/split/last.pth"), "--output", str(exported)])
     probs = torch.jit.load(str(exported))(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
     assert probs.shape == (2, 10) and torch.allclose(probs.sum(1), torch.ones(2))
+
+
+def test_every_application_of_main_resolves_and_two_at_once_are_refused():
+    import importlib
+
+    import main as entry
+
+    for app in [*entry.APPLICATIONS, entry.TRAIN]:
+        assert callable(getattr(importlib.import_module(app.module), app.function)), app
+    with pytest.raises(SystemExit, match="choose one of .*; got --jit, --onnx"):
+        entry.main(["--jit", "--onnx", "--resume", "x.pth"])

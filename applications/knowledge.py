@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from applications.common import (autocast, checkpoint_job, model_from_checkpoint, model_options, predict_split,
-                                 scores_to_probs)
+                                 preprocessing_of, scores_to_probs)
 from config import Config
 from dataloader.datasets import ImageClassificationDataset
 from dataloader.knowledge import knowledge_files, relative_path, teacher_probabilities, write_knowledge
+from dataloader.preprocess import Preprocessing
 from models import build_model
 from models.pretrained import read_state_dict
 from utils.checkpoint import load_checkpoint
@@ -98,16 +99,18 @@ def build_teacher(cfg: Config, train_set: ImageClassificationDataset, device: to
                  "T %g", len(files), ", ".join(os.path.basename(f) for f in files), agree, cfg.distill_alpha,
                  cfg.distill_T)
         return KnowledgeTeacher(probs, device)
-    model, criterion = load_teacher_model(cfg.teacher, cfg.teacher_ckpt, train_set.class_names, device)
+    model, criterion = load_teacher_model(cfg.teacher, cfg.teacher_ckpt, train_set.class_names, device,
+                                          student=preprocessing_of(cfg))
     log.info("online distillation from %s (%s), alpha %g, T %g", cfg.teacher, cfg.teacher_ckpt, cfg.distill_alpha,
              cfg.distill_T)
     return ModelTeacher(model, cfg, criterion, device)
 
 
-def load_teacher_model(name: str, path: str, class_names: list[str],
-                       device: torch.device) -> tuple[torch.nn.Module, str]:
+def load_teacher_model(name: str, path: str, class_names: list[str], device: torch.device, *,
+                       student: Preprocessing | None = None) -> tuple[torch.nn.Module, str]:
     """The teacher network and its criterion (how its scores become probabilities) from one of our checkpoints or a
-    plain state dict of the architecture ``name``."""
+    plain state dict of the architecture ``name``. A live teacher sees the student's normalised batch, so one of
+    our checkpoints trained with other preprocessing than ``student`` (size, mean, std) is refused."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--teacher_ckpt {path}: no such file")
     try:
@@ -122,6 +125,14 @@ def load_teacher_model(name: str, path: str, class_names: list[str],
         if list(ckpt["class_names"]) != list(class_names):
             raise ValueError(f"the teacher {path} was trained on classes {ckpt['class_names'][:5]}... "
                              f"({len(ckpt['class_names'])}), the data has {class_names[:5]}... ({len(class_names)})")
+        theirs = preprocessing_of(teacher_cfg)
+        if student is not None and (theirs.image_size, theirs.mean, theirs.std) != (student.image_size, student.mean,
+                                                                                   student.std):
+            raise ValueError(f"the teacher {path} was trained on {describe(theirs)}, but this run feeds "
+                             f"{describe(student)}: a live teacher sees the student's batch. Train the teacher "
+                             f"with the same --image_size/--mean/--std, or write its knowledge offline (--knowledge "
+                             f"train --resume {path}, then --distill), which predicts with the teacher's own "
+                             f"preprocessing")
         teacher_cfg.channels_last = False  # its memory format follows the student's input
         return model_from_checkpoint(ckpt, teacher_cfg, device), teacher_cfg.criterion
     model = build_model(name, num_classes=len(class_names), **model_options(Config()))
@@ -131,6 +142,11 @@ def load_teacher_model(name: str, path: str, class_names: list[str],
         raise ValueError(f"--teacher_ckpt {path} does not fit --teacher {name} with {len(class_names)} classes: "
                          f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model.to(device).eval(), "softmax"
+
+
+def describe(preprocessing: Preprocessing) -> str:
+    height, width = preprocessing.image_size
+    return f"{height}x{width} inputs with mean {list(preprocessing.mean)} and std {list(preprocessing.std)}"
 
 
 def all_image_paths(cfg: Config) -> list[str]:

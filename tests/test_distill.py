@@ -153,6 +153,9 @@ def test_online_teacher_and_clear_errors(teacher, tmp_path):
     assert all(torch.equal(v, load_checkpoint(ckpt)["model"][k]) for k, v in before.items())
     with pytest.raises(ValueError, match="--teacher wrn10_4 but .* holds a small_cnn"):
         entry.main(common(data, tmp_path, "x", "--teacher", "wrn10_4", "--teacher_ckpt", str(ckpt)))
+    with pytest.raises(ValueError, match=r"trained on 32x32 inputs .* but this run feeds 28x28 inputs"):
+        entry.main(common(data, tmp_path, "x", "--teacher", "small_cnn", "--teacher_ckpt", str(ckpt), "--image_size",
+                          "28", "28"))  # the student's 28x28 batch is not what the teacher learned on
     with pytest.raises(ValueError, match="--cutmix mixes images"):
         entry.main(common(data, tmp_path, "x", "--distill", "--cutmix", "1.0"))
     with pytest.raises(KnowledgeFileError, match="found no distill"):

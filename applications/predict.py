@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -23,7 +22,7 @@ import torch
 from applications.common import gather_probs, model_from_checkpoint, model_probs_fn, preprocessing_of, resolve_config
 from config import Config
 from dataloader import ImageClassificationDataset, build_loader
-from dataloader.datasets import is_image_file
+from dataloader.datasets import list_inputs
 from dataloader.preprocess import Preprocessing
 from dataloader.tta import TestTimeAugmentation, build_tta
 from utils.checkpoint import atomic_write
@@ -41,33 +40,6 @@ class Member:
     image_size: tuple[int, int]
     probs: Callable[[torch.Tensor], torch.Tensor]
     fixed_size: bool = False  # an ONNX graph built for one input size cannot take TTA's scale views
-
-
-def list_inputs(source: str | os.PathLike) -> list[tuple[str, Path]]:
-    """``(name written to the submission, file)`` for each input image, in submission order."""
-    source = Path(source)
-    if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file() and is_image_file(p.name))
-        if not files:
-            raise FileNotFoundError(f"--predict {source}: no image files in this folder or below")
-        return [(p.relative_to(source).as_posix(), p) for p in files]
-    if source.is_file() and source.suffix.lower() == ".csv":
-        with open(source, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if not header:
-                raise ValueError(f"--predict {source}: empty CSV; expected a header with a 'filename' column")
-            column = header.index("filename") if "filename" in header else 0
-            names = [row[column] for row in reader if row and row[column].strip()]
-        if not names:
-            raise ValueError(f"--predict {source}: the CSV lists no files under '{header[column]}'")
-        files = [(name, Path(name) if os.path.isabs(name) else source.parent / name) for name in names]
-        missing = [name for name, path in files if not path.is_file()]
-        if missing:
-            raise FileNotFoundError(f"--predict {source}: {len(missing)} listed files do not exist (paths are relative "
-                                    f"to the CSV's folder), e.g. {missing[:3]}")
-        return files
-    raise FileNotFoundError(f"--predict {source}: expected a folder of images or a .csv list of files")
 
 
 def ensemble_weights(weights: list[float] | None, count: int) -> list[float]:

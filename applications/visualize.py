@@ -28,10 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from applications.common import checkpoint_job, model_from_checkpoint, preprocessing_of, split_dataset_of
-from applications.predict import list_inputs
 from config import Config
 from dataloader import ImageClassificationDataset, build_loader
-from dataloader.datasets import SPLITS
+from dataloader.datasets import SPLITS, list_inputs
 from dataloader.preprocess import normalize_on_device
 from models.heads import get_classifier
 from utils.checkpoint import atomic_write
@@ -131,7 +130,7 @@ def visual_dataset(cfg: Config, class_names: list[str]) -> tuple[ImageClassifica
     to_index = {name: i for i, name in enumerate(class_names)}
     # a class-named first folder gives the true class (folder layout); otherwise it is unknown (-1)
     samples = [(str(path), to_index.get(Path(name).parts[0], -1) if len(Path(name).parts) > 1 else -1)
-               for name, path in list_inputs(folder)]
+               for name, path in list_inputs(folder, "--visual_data")]
     dataset = ImageClassificationDataset(samples, class_names, image_size=tuple(cfg.image_size), seed=cfg.seed)
     return dataset, folder.name or "images"
 

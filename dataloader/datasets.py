@@ -19,6 +19,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import cv2
@@ -435,3 +436,30 @@ def build_loader(
         collate_fn=getattr(dataset, "collate_fn", None),  # EncodedImageDataset (--decode device) batches file bytes
     )
 
+
+def list_inputs(source: str | os.PathLike, flag: str = "--predict") -> list[tuple[str, Path]]:
+    """``(name, file)`` for each image of a folder (recursively, sorted; the name is the path below it) or of a CSV
+    list (a 'filename' column or the first, paths relative to the CSV's folder), in that order. Errors name ``flag``."""
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file() and is_image_file(p.name))
+        if not files:
+            raise FileNotFoundError(f"{flag} {source}: no image files in this folder or below")
+        return [(p.relative_to(source).as_posix(), p) for p in files]
+    if source.is_file() and source.suffix.lower() == ".csv":
+        with open(source, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if not header:
+                raise ValueError(f"{flag} {source}: empty CSV; expected a header with a 'filename' column")
+            column = header.index("filename") if "filename" in header else 0
+            names = [row[column] for row in reader if row and row[column].strip()]
+        if not names:
+            raise ValueError(f"{flag} {source}: the CSV lists no files under '{header[column]}'")
+        files = [(name, Path(name) if os.path.isabs(name) else source.parent / name) for name in names]
+        missing = [name for name, path in files if not path.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{flag} {source}: {len(missing)} listed files do not exist (paths are relative "
+                                    f"to the CSV's folder), e.g. {missing[:3]}")
+        return files
+    raise FileNotFoundError(f"{flag} {source}: expected a folder of images or a .csv list of files")

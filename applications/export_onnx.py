@@ -11,9 +11,9 @@ quantised per batch at run time, so no calibration data is needed), and scores b
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ from applications.common import resolve_config, split_dataset_of
 from applications.export import (INPUT_DESCRIPTION, OUTPUT_DESCRIPTION, compare_outputs, export_metadata,
                                  inference_models, log_fusion, require_parity, sample_images)
 from config import Config
+from utils.checkpoint import atomic_write
 from utils.distributed import cleanup_distributed, init_distributed
 from utils.logger import get_logger, setup_logging
 
@@ -77,9 +78,7 @@ def write_onnx(module: nn.Module, images: torch.Tensor, path: Path, *, model_nam
     """Export ``module`` (uint8 images → probabilities) with a dynamic batch axis, add ``metadata`` as
     metadata_props, check the graph and write it atomically to ``path``."""
     onnx, _ = require_onnx()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
             # The TorchScript-based exporter (dynamo=False) is deprecated but needs nothing beyond torch; the
@@ -87,23 +86,22 @@ def write_onnx(module: nn.Module, images: torch.Tensor, path: Path, *, model_nam
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            torch.onnx.export(module.eval(), (images,), str(tmp), dynamo=False, opset_version=opset,
+            torch.onnx.export(module.eval(), (images,), buffer, dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-        proto = onnx.load(str(tmp))
+        proto = onnx.load_from_string(buffer.getvalue())
         for key, value in (metadata or {}).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         proto.doc_string = f"{model_name}: {INPUT_DESCRIPTION} -> {OUTPUT_DESCRIPTION}"
         onnx.checker.check_model(proto)
-        onnx.save(proto, str(tmp))
     except Exception as exc:  # noqa: BLE001  the exporter fails in many ways (unsupported op, tracing, checker)
-        tmp.unlink(missing_ok=True)
         raise RuntimeError(f"{model_name} could not be exported to ONNX ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}); export it with --jit (TorchScript) "
                            "instead") from exc
-    os.replace(tmp, path)
-    return path
+    data = proto.SerializeToString()
+    atomic_write(path, lambda handle: handle.write(data))
+    return Path(path)
 
 
 def ort_session(path: str | Path, threads: int | None = None):

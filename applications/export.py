@@ -109,13 +109,17 @@ def trace_for_inference(module: nn.Module, images: torch.Tensor) -> torch.jit.Sc
         return torch.jit.freeze(torch.jit.trace(module.eval(), images))
 
 
-def load_torchscript(path: str | Path, *, optimize: bool | None = None) -> torch.jit.ScriptModule:
+def load_torchscript(path: str | Path, *, optimize: bool | None = None, map_location: str | torch.device = "cpu",
+                     extra_files: dict[str, str] | None = None) -> torch.jit.ScriptModule:
     """Load an export; ``optimize`` applies ``torch.jit.optimize_for_inference`` (oneDNN convolutions with
-    prepacked weights, further fusions), None as the file's meta.json says (what the demo does too)."""
-    extra = {"meta.json": ""}
+    prepacked weights, further fusions), None as the file's meta.json says (what the demo does too). The keys of
+    ``extra_files`` (e.g. "class_names.json") are filled with the file's extra files, as torch.jit.load does."""
+    extra = {"meta.json": "", **(extra_files or {})}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+        if extra_files is not None:
+            extra_files.update({key: extra[key] for key in extra_files})
         if optimize is None:
             optimize = bool(json.loads(extra["meta.json"] or "{}").get("optimize_for_inference", False))
         return torch.jit.optimize_for_inference(module) if optimize else module

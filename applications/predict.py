@@ -13,13 +13,13 @@ import csv
 import dataclasses
 import io
 import json
-import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from applications.common import gather_probs, model_from_checkpoint, model_probs_fn, preprocessing_of, resolve_config
+from applications.export import load_torchscript
 from config import Config
 from dataloader import ImageClassificationDataset, build_loader
 from dataloader.datasets import list_inputs
@@ -71,9 +71,9 @@ def load_member(path: str, cfg: Config, explicit: set[str], device: torch.device
 
 def _torchscript_member(path: str, device: torch.device) -> Member:
     extra = {"class_names.json": "", "preprocessing.json": ""}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit is deprecated, still supported
-        module = torch.jit.load(path, map_location=device, _extra_files=extra)
+    # optimize_for_inference as the file says on CPU (what the demo runs); its passes are oneDNN ones
+    module = load_torchscript(path, optimize=None if device.type == "cpu" else False, map_location=device,
+                              extra_files=extra)
     if not extra["class_names.json"]:
         raise ValueError(f"--resume {path}: no embedded class names; export it with `main.py --jit`")
     preprocessing = Preprocessing.from_dict(json.loads(extra["preprocessing.json"]))

@@ -27,10 +27,11 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     return proc
 
 
-def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
-    """main.py under torchrun --standalone (a free port) with `nproc` CPU processes."""
-    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                "main.py", *args])
+def torchrun(nproc: int, args: list[str], script: str = "main.py") -> subprocess.CompletedProcess:
+    """``script`` (main.py unless a test brings its own worker) under torchrun --standalone (a free port) with
+    `nproc` CPU processes."""
+    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script,
+                *args])
 
 
 def eager_probs(checkpoint: Path, paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor, Preprocessing]:

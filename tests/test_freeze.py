@@ -3,9 +3,6 @@ resuming after N starts unfrozen; under DDP the unfrozen backbone stays identica
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,11 +11,9 @@ from torch import nn
 
 import applications.train as train_app
 import main as entry
+from helpers import torchrun
 from optim import BackboneFreezer
 from utils.checkpoint import load_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-TIMEOUT = 300  # a hung collective fails the test instead of the CI run
 
 
 def small_model() -> nn.Module:
@@ -106,11 +101,7 @@ def test_unfreezing_under_ddp_keeps_both_ranks_identical(tiny_digits, tmp_path):
     gradients and the ranks drift apart. tests/freeze_ddp_worker.py records weight digests on every rank."""
     out = tmp_path / "digests"
     args = common_args(tiny_digits, tmp_path, "ddp") + ["--epochs", "2"]  # the last --epochs wins
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "tests/freeze_ddp_worker.py", str(out), "--", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(2, [str(out), "--", *args], script="tests/freeze_ddp_worker.py")
     rank0, rank1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0 == rank1
     (frozen_start, unfrozen_start), (after_frozen, after_unfrozen) = rank0["wrapped"], rank0["epochs"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,12 +23,11 @@ from dataloader.augment import random_affine
 from dataloader.datasets import ImageClassificationDataset, build_datasets, build_loader
 from dataloader.gpu_decode import EncodedImageDataset, basic_affine_matrix, encode_splits, is_device_jpeg
 from dataloader.preprocess import ImageDecodeError, decode_image, letterbox_geometry, letterbox_resize
+from helpers import REPO, run, torchrun
 from utils.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 PHOTOS = Path(sklearn.datasets.__file__).parent / "images"  # china.jpg, flower.jpg: 427 x 640 colour photographs
 SEED = 5
-TIMEOUT = 300
 
 
 def photo(name: str) -> np.ndarray:
@@ -288,11 +286,7 @@ def test_training_and_evaluation_through_main(tmp_path):
 
 def test_torchrun_two_processes(tmp_path):
     photo_classes(tmp_path / "data")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "main.py",
-           *main_args(tmp_path / "data", tmp_path, "ddp"), "--decode", "device", "--aug", "-j", "0"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(2, [*main_args(tmp_path / "data", tmp_path, "ddp"), "--decode", "device", "--aug", "-j", "0"])
     ckpt_path = tmp_path / "ck/ddp/last.pth"
     # validation under DDP gathered every image once: one process decoding the same way finds the same accuracy
     report = evaluate(ckpt_path, tmp_path / "eval", "--decode", "device")
@@ -307,13 +301,10 @@ def test_benchmark_prints_its_table(tmp_path):
     source = REPO / "data" / "fashion-mnist"
     if not (source / "train").is_dir():
         source = tmp_path / "digits"
-        subprocess.run([sys.executable, "-m", "dataloader.prepare", "digits", "--out", str(source), "--limit", "40"],
-                       cwd=REPO, check=True, capture_output=True, timeout=TIMEOUT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "benchmarks/gpu_decode.py", "--root", str(tmp_path), "--source", str(source),
-           "--images", "40", "--source_size", "64", "--size", "32", "--repeat", "1", "-b", "8", "--device", "cpu"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        run([sys.executable, "-m", "dataloader.prepare", "digits", "--out", str(source), "--limit", "40"])
+    proc = run([sys.executable, "benchmarks/gpu_decode.py", "--root", str(tmp_path), "--source", str(source),
+                "--images", "40", "--source_size", "64", "--size", "32", "--repeat", "1", "-b", "8", "--device",
+                "cpu"])
     rows = parse_markdown_table(proc.stdout)
     assert [r["path"] for r in rows] == ["--decode loader", "--decode device", "--decode device"], proc.stdout
     for row in rows:

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import main as entry
 from applications.lr_find import smooth_losses, suggest_lr, sweep_lrs
-
-REPO = Path(__file__).resolve().parents[1]
-TIMEOUT = 300
+from helpers import torchrun
 
 
 def test_sweep_is_geometric_from_start_to_end():
@@ -73,11 +68,7 @@ def test_lr_find_writes_plot_and_csv_and_suggests_a_finite_lr(tiny_digits, tmp_p
 
 def test_lr_find_under_torchrun_averages_over_two_processes(tiny_digits, tmp_path):
     out = tmp_path / "lrf2"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "main.py",
-           *lr_find_args(tiny_digits, out, 8)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun(2, lr_find_args(tiny_digits, out, 8))
     assert "world size 2" in proc.stdout and proc.stdout.count("suggested lr") == 1  # rank 0 reports once
     rows = read_rows(out / "lr_find.csv")
     assert 2 <= len(rows) <= 8 and all(math.isfinite(r["lr"]) for r in rows)

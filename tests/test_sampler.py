@@ -6,8 +6,6 @@ timeout.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,10 +16,9 @@ import pytest
 
 from dataloader.datasets import ImageClassificationDataset, build_loader
 from dataloader.sampler import ClassBalancedDistributedSampler, balanced_weights
+from helpers import run, torchrun
 from utils.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-TIMEOUT = 300
 COUNTS = {0: 100, 1: 20, 2: 5}  # a 20:4:1 imbalance
 LABELS = [label for label, n in COUNTS.items() for _ in range(n)]
 
@@ -118,18 +115,11 @@ cleanup_distributed()
 """
 
 
-def torchrun(args: list[str]) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-
-
 def test_two_real_processes_get_disjoint_shards_of_the_same_draw(tmp_path):
     samples = make_images(tmp_path, {0: 24, 1: 6, 2: 3})  # 33 images: 17 keys per rank
     script = tmp_path / "ddp_balance.py"
     script.write_text(DDP_SCRIPT)
-    torchrun([str(script), json.dumps(samples), str(tmp_path)])
+    torchrun(2, [json.dumps(samples), str(tmp_path)], script=str(script))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["steps_all_ranks"] == 8  # 4 full batches each
     reference = ClassBalancedDistributedSampler([label for _, label in samples], num_replicas=2, rank=0, seed=4)
@@ -150,9 +140,8 @@ def test_two_real_processes_get_disjoint_shards_of_the_same_draw(tmp_path):
 
 def test_torchrun_training_with_every_augmentation_and_sampling_option(tmp_path):
     data = tmp_path / "digits"
-    subprocess.run([sys.executable, "-m", "dataloader.prepare", "digits", "--out", str(data), "--limit", "40"],
-                   cwd=REPO, check=True, timeout=120, capture_output=True)
-    torchrun(["main.py", "--data", str(data), "--image_size", "32", "32", "-b", "8", "-j", "1", "--epochs", "1",
+    run([sys.executable, "-m", "dataloader.prepare", "digits", "--out", str(data), "--limit", "40"])
+    torchrun(2, ["--data", str(data), "--image_size", "32", "32", "-b", "8", "-j", "1", "--epochs", "1",
               "--warmup", "0", "--device", "cpu", "--no-amp", "--no-channels_last",
               "--checkpoint_dir", str(tmp_path / "ck"), "--log_dir", str(tmp_path / "logs"), "--name", "ddp",
               "--aug", "trivialaugment,gridmask", "--mixup", "--cutmix", "--ricap", "--mix_prob", "0.9",

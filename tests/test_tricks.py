@@ -5,9 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,11 +16,10 @@ from applications.train import maybe_compile, optimizer_step, train_one_epoch, w
 from config import Config
 from criterions import build_criterion
 from dataloader.preprocess import Preprocessing
+from helpers import torchrun
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo
 
-REPO = Path(__file__).resolve().parents[1]
-TIMEOUT = 300
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
 
@@ -135,9 +131,7 @@ def test_sync_batchnorm_on_cpu_equals_full_batch_two_processes(tmp_path):
     script = tmp_path / "sync_bn.py"
     script.write_text(SYNC_BN_SCRIPT)
     out = tmp_path / "result.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    str(script), str(out)], cwd=REPO, env=env, check=True, timeout=TIMEOUT, capture_output=True)
+    torchrun(2, [str(out)], script=str(script))
     result = json.loads(out.read_text())
     assert result["type"] == "GlobalBatchNorm2d"
     for key in ("input_grad", "weight_grad", "running_mean", "running_var"):
@@ -186,10 +180,7 @@ def test_patience_stops_when_val_top1_stalls(tiny_digits, tmp_path):
 
 def test_torchrun_sync_bn_training_keeps_ranks_identical(tiny_digits, tmp_path):
     args = base_args(tiny_digits, tmp_path, "syncbn") + ["--epochs", "1", "--sync_bn", "--model", "small_cnn"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "main.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(2, args)
     ckpt = load_checkpoint(tmp_path / "ck/syncbn/last.pth")
     assert ckpt["config"]["sync_bn"] is True
     # the checkpoint loads into the plain (unsynchronised) model for evaluation and export

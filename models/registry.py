@@ -89,7 +89,6 @@ def create_model(
     dropout: float | None = None,
     pooling: str = "avg",
     cosine_scale: float = 30.0,
-    bn_momentum: float | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build the bare model `name` with a `num_classes`-way head (no pretrained weights, no prior bias).

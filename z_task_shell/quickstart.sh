@@ -12,7 +12,8 @@ OMP_NUM_THREADS=1 .venv/bin/torchrun --standalone --nproc_per_node 2 main.py --d
   --image_size 32 32 --epochs 15 --warmup 1 --lr 0.003 -b 32 -j 1 --name "$RUN" --device cpu
 $PY main.py --evaluation --resume "checkpoints/$RUN/best.pth" --split test --device cpu
 $PY main.py --jit --resume "checkpoints/$RUN/best.pth"
-image=$(find data/digits/test -name '*.png' | sort | head -n 1)
+# sed reads to the end of the list: head would exit early, sort could die of SIGPIPE, and pipefail stops the script
+image=$(find data/digits/test -name '*.png' | sort | sed -n 1p)
 $PY demos/classifier.py "checkpoints/$RUN/best.torchscript.pt" "$image" --topk 3
 cat <<DONE
 

@@ -18,7 +18,7 @@ from applications.common import (autocast, batch_augment_of, criterion_from_conf
 from applications.objective import TrainingLoss, training_loss_from_config
 from config import Config
 from criterions import resolve_head
-from dataloader import build_datasets, build_loader, encode_splits, hard_labels
+from dataloader import Preprocessing, build_datasets, build_loader, encode_splits, hard_labels
 from models import build_model
 from models.heads import find_classifier_name
 from models.registry import batchnorm_lag_warning
@@ -142,20 +142,11 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
         broadcast_buffers(model)
         if swa is not None and epoch >= swa_start:
             swa.update_parameters(model)
-        if val_loader is not None:
-            val_stats = validate(model, val_loader, criterion, cfg, preprocessing, info)
+        val_stats, top1, source, best_weights = best_candidate(model, ema, val_loader, criterion, cfg,
+                                                               preprocessing, info)
+        if val_stats:
             scheduler.end_epoch(val_stats["val_loss"])
-            candidates = {"model": (val_stats["val_top1"], model)}
-            if ema is not None:
-                ema_stats = validate(ema.module, val_loader, criterion, cfg, preprocessing, info)
-                val_stats.update({f"ema_{k}": v for k, v in ema_stats.items()})
-                candidates["ema"] = (ema_stats["val_top1"], ema.module)
-            source, (top1, best_weights) = max(candidates.items(), key=lambda item: item[1][0])
-            improved = top1 > best_top1
-        else:  # nothing to select on: best.pth follows the latest weights (EMA when kept)
-            val_stats, improved = {}, True
-            source, best_weights = ("ema", ema.module) if ema is not None else ("model", model)
-            top1 = -1.0
+        improved = val_loader is None or top1 > best_top1  # without val, best.pth follows the latest weights
         if improved:
             best_top1, best_epoch = top1, epoch
         metrics = {"epoch": epoch, **train_stats, **val_stats, "lr": lr,
@@ -195,6 +186,23 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
              f"best val top-1 {best_top1:.2f}" if val_loader is not None else "no validation", out_dir,
              out_dir / "summary.csv", cfg.log_dir, cfg.name)
     return metrics
+
+
+def best_candidate(model: torch.nn.Module, ema, val_loader, criterion: torch.nn.Module, cfg: Config,
+                   preprocessing: Preprocessing, info: DistInfo) -> tuple[dict, float, str, torch.nn.Module]:
+    """Validate the model and its EMA (when kept). Returns the val metrics and the better of the two as this
+    epoch's best.pth candidate: (metrics, top-1, "model" or "ema", module). Without a val split there is nothing to
+    select on: no metrics, top-1 -1, and the latest weights (the EMA when kept)."""
+    if val_loader is None:
+        return {}, -1.0, *(("ema", ema.module) if ema is not None else ("model", model))
+    val_stats = validate(model, val_loader, criterion, cfg, preprocessing, info)
+    candidates = {"model": (val_stats["val_top1"], model)}
+    if ema is not None:
+        ema_stats = validate(ema.module, val_loader, criterion, cfg, preprocessing, info)
+        val_stats.update({f"ema_{k}": v for k, v in ema_stats.items()})
+        candidates["ema"] = (ema_stats["val_top1"], ema.module)
+    source, (top1, weights) = max(candidates.items(), key=lambda item: item[1][0])
+    return val_stats, top1, source, weights
 
 
 def check_training_without_val(cfg: Config) -> None:

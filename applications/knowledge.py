@@ -18,7 +18,7 @@ import torch
 from applications.common import (autocast, checkpoint_job, model_from_checkpoint, model_options, predict_split,
                                  preprocessing_of, scores_to_probs)
 from config import Config
-from dataloader.datasets import ImageClassificationDataset
+from dataloader.datasets import ImageClassificationDataset, discover_split
 from dataloader.knowledge import knowledge_files, relative_path, teacher_probabilities, write_knowledge
 from dataloader.preprocess import Preprocessing
 from models import build_model
@@ -74,8 +74,10 @@ class ModelTeacher:
         return scores_to_probs(logits.float(), self.criterion)
 
 
-def build_teacher(cfg: Config, train_set: ImageClassificationDataset, device: torch.device):
-    """The teacher of a distillation run (KnowledgeTeacher or ModelTeacher), or None without --distill/--teacher."""
+def build_teacher(cfg: Config, train_set: ImageClassificationDataset, device: torch.device, *,
+                  known_paths: list[str] | None = None):
+    """The teacher of a distillation run (KnowledgeTeacher or ModelTeacher), or None without --distill/--teacher.
+    ``known_paths`` (every image under the data root; scanned here when not given) tells stale knowledge lines."""
     if cfg.distill and (cfg.teacher or cfg.teacher_ckpt):
         raise ValueError("--distill reads knowledge files and --teacher/--teacher_ckpt runs a live teacher; "
                          "choose one")
@@ -93,7 +95,7 @@ def build_teacher(cfg: Config, train_set: ImageClassificationDataset, device: to
     if cfg.distill:
         files = knowledge_files(cfg.data)
         probs = teacher_probabilities(files, cfg.data, [path for path, _ in train_set.samples], train_set.class_names,
-                                      known_paths=all_image_paths(cfg))
+                                      known_paths=known_paths if known_paths is not None else all_image_paths(cfg))
         agree = 100.0 * float((probs.argmax(1) == np.asarray(train_set.targets)).mean())
         log.info("distilling from %d knowledge file(s) (%s): teacher top-1 on the training images %.2f%%, alpha %g, "
                  "T %g", len(files), ", ".join(os.path.basename(f) for f in files), agree, cfg.distill_alpha,
@@ -126,8 +128,7 @@ def load_teacher_model(name: str, path: str, class_names: list[str], device: tor
             raise ValueError(f"the teacher {path} was trained on classes {ckpt['class_names'][:5]}... "
                              f"({len(ckpt['class_names'])}), the data has {class_names[:5]}... ({len(class_names)})")
         theirs = preprocessing_of(teacher_cfg)
-        if student is not None and (theirs.image_size, theirs.mean, theirs.std) != (student.image_size, student.mean,
-                                                                                   student.std):
+        if student is not None and theirs != student:
             raise ValueError(f"the teacher {path} was trained on {describe(theirs)}, but this run feeds "
                              f"{describe(student)}: a live teacher sees the student's batch. Train the teacher "
                              f"with the same --image_size/--mean/--std, or write its knowledge offline (--knowledge "
@@ -151,8 +152,6 @@ def describe(preprocessing: Preprocessing) -> str:
 
 def all_image_paths(cfg: Config) -> list[str]:
     """Every image of every split under the data root (a knowledge file naming anything else is stale)."""
-    from dataloader.datasets import discover_split
-
     paths = []
     for split in ("train", "val", "test"):
         found = discover_split(os.path.abspath(cfg.data), split)

@@ -34,15 +34,17 @@ def training_loss_from_config(cfg: Config, criterion: torch.nn.Module, train_set
                               device: torch.device) -> TrainingLoss:
     """The step loss for the flags: --distill / --teacher and --curriculum_learning on top of the criterion."""
     curriculum = None
+    # every image under the data root, to tell stale curriculum / knowledge lines from images of another split
+    known_paths = all_image_paths(cfg) if cfg.curriculum_learning or cfg.distill else None
     if cfg.curriculum_learning:
         file = f"{cfg.data}/curriculum.txt"
-        stages, weights = read_curriculum(file, cfg.data, [p for p, _ in train_set.samples], all_image_paths(cfg))
+        stages, weights = read_curriculum(file, cfg.data, [p for p, _ in train_set.samples], known_paths)
         curriculum = CurriculumWeights(stages, weights, cfg.curriculum_pacing, device)
         get_logger().info("curriculum learning from %s: mean weight %.3f over %d images%s", file,
                           float(weights.mean()), len(weights),
                           f", stages entering at epochs {cfg.curriculum_pacing}" if cfg.curriculum_pacing else "")
     elif cfg.curriculum_pacing:
         raise ValueError("--curriculum_pacing paces --curriculum_learning; add --curriculum_learning")
-    teacher = build_teacher(cfg, train_set, device)
+    teacher = build_teacher(cfg, train_set, device, known_paths=known_paths)
     return TrainingLoss(criterion, teacher=teacher, alpha=cfg.distill_alpha, temperature=cfg.distill_T,
                         curriculum=curriculum)

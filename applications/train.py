@@ -95,7 +95,7 @@ def _train(cfg: Config, explicit: set[str], info: DistInfo) -> dict:
     optimizer = optimizer_from_config(cfg, model, world_size=info.world_size)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.accum_steps)
     scheduler = scheduler_from_config(cfg, optimizer, steps_per_epoch=steps_per_epoch)
-    if (lag := batchnorm_lag_warning(model, cfg.model, steps_per_epoch * cfg.epochs)) and cfg.bn_momentum is None:
+    if cfg.bn_momentum is None and (lag := batchnorm_lag_warning(model, cfg.model, steps_per_epoch * cfg.epochs)):
         log.warning(lag)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and info.device.type == "cuda")
     criterion = criterion_from_config(cfg, class_names=class_names, train_targets=splits.train.targets)
@@ -382,7 +382,7 @@ def finish_swa(swa, model, train_loader, val_loader, criterion, cfg: Config, pre
         state = {**last, "model": swa_model.state_dict(), "train_model": last["model"], "weights": "swa",
                  "metrics": {**last["metrics"], **{f"swa_{k}": v for k, v in stats.items()}}}
         save_checkpoint(state, out_dir / "swa.pth")
-        if stats.get("val_top1", best_top1 + 1) > best_top1:  # without val the SWA weights are the result
+        if val_loader is None or stats["val_top1"] > best_top1:  # without val the SWA weights are the result
             save_checkpoint({**state, "best_top1": stats.get("val_top1", best_top1)}, out_dir / "best.pth")
             log.info("best.pth now holds the SWA weights")
     return {f"swa_{k}": v for k, v in stats.items()}

@@ -170,7 +170,7 @@ def explain(model, layer, method: str, dataset: ImageClassificationDataset, cfg:
     loader = build_loader(dataset, batch_size=min(cfg.batch_size, 32), workers=cfg.workers, train=False,
                           seed=cfg.seed, rank=info.rank, world_size=info.world_size, pin_memory=False)
     preprocessing = preprocessing_of(cfg)
-    collected = []
+    ints, confidences = [], []  # per batch: (index, true, predicted, peak row, peak col) and the probability
     for images, labels, idx in loader:
         inputs = normalize_on_device(images.to(info.device), preprocessing.mean, preprocessing.std)
         with torch.no_grad():
@@ -185,13 +185,13 @@ def explain(model, layer, method: str, dataset: ImageClassificationDataset, cfg:
             image = np.ascontiguousarray(images[k].permute(1, 2, 0).numpy())
             write_png(out_dir / f"{i:04d}_image.png", image)
             write_png(out_dir / f"{i:04d}_cam.png", overlay(image, cams[k]))
-        collected.append(torch.stack([idx.to(info.device), labels.to(info.device), predicted,
-                                      torch.tensor([p[0] for p in peaks], device=info.device),
-                                      torch.tensor([p[1] for p in peaks], device=info.device)], dim=1))
-        collected.append(confidence[:, None])
-    ints = torch.cat(collected[0::2])
-    _, ints, confidence = gather_predictions(ints[:, 0], ints, torch.cat(collected[1::2]))
-    return [(i, t, p, float(c), r, col) for (i, t, p, r, col), c in zip(ints.tolist(), confidence[:, 0].tolist())]
+        ints.append(torch.stack([idx.to(info.device), labels.to(info.device), predicted,
+                                 torch.tensor([p[0] for p in peaks], device=info.device),
+                                 torch.tensor([p[1] for p in peaks], device=info.device)], dim=1))
+        confidences.append(confidence[:, None])
+    local = torch.cat(ints)
+    _, gathered, confidence = gather_predictions(local[:, 0], local, torch.cat(confidences))
+    return [(i, t, p, float(c), r, col) for (i, t, p, r, col), c in zip(gathered.tolist(), confidence[:, 0].tolist())]
 
 
 def write_png(path: Path, image_rgb: np.ndarray) -> None:

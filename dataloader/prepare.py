@@ -191,9 +191,9 @@ def prepare_dataset(
         raise ValueError(f"--limit must be positive, got {limit}")
     defaults = DATASETS[name]
     val_ratio = defaults["val_ratio"] if val_ratio is None else val_ratio
-    lowest = 0.0 if name == "fashion-mnist" else None  # digits carves its test split with val_ratio too
-    if not ((lowest is not None and val_ratio == lowest) or 0 < val_ratio < 0.5):
-        raise ValueError(f"--val_ratio must be in (0, 0.5){' or 0 (no val split)' if lowest == 0 else ''}, "
+    zero_allowed = name == "fashion-mnist"  # digits carves its test split with val_ratio too
+    if not ((zero_allowed and val_ratio == 0) or 0 < val_ratio < 0.5):
+        raise ValueError(f"--val_ratio must be in (0, 0.5){' or 0 (no val split)' if zero_allowed else ''}, "
                          f"got {val_ratio}")
     source = os.path.abspath(source or defaults["source"]) if defaults["source"] else None
     params = {"dataset": name, "limit": limit, "seed": seed, "val_ratio": val_ratio,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 
 def run_row(run_dir: Path, split: str, strip: str, root: Path) -> list[str]:
+    """One table row; ``run_dir`` and ``root`` are resolved paths, the label is run_dir below root."""
     report_path = run_dir / f"eval_{split}" / "report.json"
     summary_path = run_dir / "summary.csv"
     for path in (report_path, summary_path):
@@ -29,7 +30,7 @@ def run_row(run_dir: Path, split: str, strip: str, root: Path) -> list[str]:
     if rows and "ema_val_top1" in rows[0] and rows[0]["ema_val_top1"]:
         best_val = max(best_val, max(float(r["ema_val_top1"]) for r in rows))
     minutes = sum(float(r["seconds"]) for r in rows) / 60
-    label = run_dir.resolve().relative_to(root).as_posix().removeprefix(strip)
+    label = run_dir.relative_to(root).as_posix().removeprefix(strip)
     return [label, f"{report['top1']:.2f}", f"{report['top5']:.2f}", f"{report['macro_f1']:.4f}", f"{best_val:.2f}",
             str(len(rows)), f"{minutes:.1f}"]
 

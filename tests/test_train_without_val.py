@@ -48,3 +48,12 @@ def test_without_val_the_default_ratio_carves_one_and_val_deciders_are_refused(t
     with pytest.raises(ValueError, match="--lr_schedule plateau, --patience decide"):
         entry.main(args(train_only, tmp_path, "p") + ["--val_ratio", "0", "--lr_schedule", "plateau",
                                                       "--patience", "2"])
+
+
+def test_val_ratio_zero_with_swa_keeps_the_swa_weights(train_only, tmp_path):
+    entry.main(args(train_only, tmp_path, "swa") + ["--val_ratio", "0", "--epochs", "3", "--swa", "--swa_epochs", "2"])
+    run = tmp_path / "ck/swa"
+    best, swa = load_checkpoint(run / "best.pth"), load_checkpoint(run / "swa.pth")
+    assert best["weights"] == "swa" and not any(k.startswith("swa_val") for k in best["metrics"])
+    assert all(torch.equal(best["model"][k], v) for k, v in swa["model"].items())
+    assert "best.pth now holds the SWA weights" in (run / "train.log").read_text()

@@ -83,3 +83,10 @@ def small_cnn(*, num_classes: int, **kwargs) -> SmallCNN:
 def small_cnn_wide(*, num_classes: int, **kwargs) -> SmallCNN:
     """Widths 64/128/256, about 1.1 M parameters: a little more accuracy for about 4x the compute."""
     return SmallCNN(num_classes, widths=(64, 128, 256), **kwargs)
+
+
+@register_model("small_cnn_tiny")
+def small_cnn_tiny(*, num_classes: int, **kwargs) -> SmallCNN:
+    """Widths 4/8/16, about 5 k parameters: a model whose checkpoints weigh a few KB, for test fixtures and smoke
+    runs of the pipeline (it learns digits, not much more)."""
+    return SmallCNN(num_classes, widths=(4, 8, 16), **kwargs)

@@ -7,7 +7,7 @@ import torch
 from config import Config, explicit_flags, build_parser, parse_config
 from utils.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from utils.distributed import gather_predictions
-from utils.metrics import classification_report, topk_correct, write_report
+from utils.metrics import classification_report, predicted_labels, topk_correct, write_report
 
 
 def test_checkpoint_roundtrip_under_weights_only(tmp_path):
@@ -78,6 +78,22 @@ def test_topk_and_report(tmp_path):
     paths = write_report(report, ["a", "b", "c"], tmp_path)
     assert all(p.stat().st_size > 0 for p in paths)
     assert (tmp_path / "confusion_matrix.csv").read_text().splitlines()[2] == "b,1,0,1"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tied_scores_rank_by_lowest_class_index_everywhere(dtype):
+    # ten equal scores per row (a bf16 tie): torch.topk's first column is not the argmax here, which made the
+    # report's top-1 disagree with its own confusion matrix
+    scores = torch.zeros(40, 10, dtype=dtype)
+    scores[20:, 3:7] = 1.0  # rows 20-39 tie between classes 3-6 only
+    assert not torch.equal(scores.topk(5, dim=1).indices[:, 0], scores.argmax(dim=1))  # the old rule disagrees
+    assert torch.equal(predicted_labels(scores), scores.argmax(dim=1))
+    assert predicted_labels(scores).tolist() == [0] * 20 + [3] * 20
+    targets = torch.tensor([0, 4, 5, 9] * 5 + [3, 6, 7, 0] * 5)
+    assert topk_correct(scores, targets, ks=(1, 2, 5)) == {1: 10, 2: 10, 5: 25}  # top-5: 0-4, then 3-6 and 0
+    report = classification_report(scores.float().numpy(), targets.numpy(), [str(c) for c in range(10)])
+    diagonal = int(np.trace(np.asarray(report["confusion_matrix"])))
+    assert report["top1"] == 100.0 * diagonal / 40 == 25.0 and report["top5"] == 62.5
 
 
 def test_results_table_reads_reports_and_summaries(tmp_path, capsys):

@@ -1,4 +1,9 @@
-"""Classification metrics on gathered predictions and the files of an evaluation report."""
+"""Classification metrics on gathered predictions and the files of an evaluation report.
+
+One prediction rule everywhere: the predicted class is the highest score, and a tie goes to the lowest class
+index (what ``torch.argmax`` and ``numpy.argmax`` return). Top-k ranks by the same rule, so top-1 always equals
+the confusion matrix's diagonal; ``torch.topk`` breaks ties in no documented order, and bf16 logits tie often.
+"""
 from __future__ import annotations
 
 import json
@@ -8,11 +13,22 @@ import numpy as np
 import torch
 
 
+def ranked_classes(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` best classes of each row of (N, C) ``scores``, best first; equal scores rank by ascending class
+    index (a stable descending sort), so column 0 is the argmax."""
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+
+
+def predicted_labels(scores: torch.Tensor) -> torch.Tensor:
+    """The predicted class of each row: the highest score, the lowest class index on a tie."""
+    return ranked_classes(scores, 1)[:, 0]
+
+
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, int]:
-    """Number of samples whose target is among the top-k scores, for each k (k capped at the class count)."""
+    """Number of samples whose target is among the top-k scores, for each k (k capped at the class count);
+    ties are ranked as in ``ranked_classes``, so the top-1 count agrees with ``predicted_labels``."""
     maxk = min(max(ks), logits.shape[1])
-    top = logits.topk(maxk, dim=1).indices
-    hits = top.eq(targets.view(-1, 1))
+    hits = ranked_classes(logits, maxk).eq(targets.view(-1, 1))
     return {k: int(hits[:, : min(k, maxk)].any(dim=1).sum()) for k in ks}
 
 
@@ -21,8 +37,9 @@ def classification_report(probs: np.ndarray, targets: np.ndarray, class_names: l
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     labels = list(range(len(class_names)))
-    preds = probs.argmax(axis=1)
-    correct = topk_correct(torch.from_numpy(probs), torch.from_numpy(targets))
+    scores = torch.from_numpy(probs)
+    preds = predicted_labels(scores).numpy()
+    correct = topk_correct(scores, torch.from_numpy(targets))
     precision, recall, f1, support = precision_recall_fscore_support(
         targets, preds, labels=labels, zero_division=0)
     n = len(targets)

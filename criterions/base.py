@@ -6,6 +6,12 @@ over classes is its loss, and the probabilities it predicts. Everything else is 
     targets (int (N,) or probabilities (N, C)) → probabilities y → label smoothing → [margin on the logits]
     → terms (N, C) × class weights → per sample (softmax family) or per element (bce)
     → threshold mask × GHM weights → per sample → [keep the hardest] → mean weighted by the per-sample weight
+
+Under torchrun a training step's batch is one rank's shard of the global batch, and DDP averages the ranks'
+gradients. There GHM's bin counts, OHM's hardest share and the weight sum of the mean are taken over all shards,
+and the rank's loss is world_size * (its weighted loss sum) / (global weight sum): the ranks' mean loss, and the
+gradient DDP's averaging produces, are then those of one process on the global batch, whatever the world size.
+Batches without gradients (validation, whose predictions every rank has already all-gathered) are not sharded.
 """
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from utils.distributed import all_reduce_sum, get_world_size
 
 from .switches import GradientHarmonizer, gradient_norm, hardest_mask, unconfident_mask
 
@@ -45,6 +53,9 @@ class ClassificationLoss(nn.Module):
     loss_threshold: t; predictions already beyond confidence t contribute zero loss (see switches.py).
     ghm_bins / ghm_momentum: GHM-C gradient-harmonising weights when ghm_bins is set.
     ohm_ratio: keep only this fraction of the batch, the samples with the highest (weighted) loss.
+    Under torchrun, with gradients, the batch is the global one (see the module docstring): the loss a rank returns
+    is world_size * sum(w_i l_i over its samples) / sum(w_i over all ranks' samples), so DDP's gradient average
+    equals the single-process gradient of the weighted mean, also when OHM keeps different counts on each rank.
     """
 
     per_class = False  # True (bce): the switches see each (sample, class) element instead of each sample
@@ -94,30 +105,36 @@ class ClassificationLoss(nn.Module):
             terms = terms * self.class_weights.to(terms.device)
         loss = terms if self.per_class else terms.sum(dim=1)
         valid = torch.ones(loss.shape[0], dtype=torch.bool, device=loss.device) if weight is None else weight > 0
-        loss = loss * self._switch_weights(probs.detach(), hard, soft, valid, update=logits.requires_grad)
+        training = logits.requires_grad
+        sharded = training and get_world_size() > 1  # a training batch under torchrun is this rank's shard
+        loss = loss * self._switch_weights(probs.detach(), hard, soft, valid, update=training, sharded=sharded)
         if self.per_class:
             loss = loss.sum(dim=1)
-        return self._reduce(loss, weight, valid)
+        return self._reduce(loss, weight, valid, sharded=sharded)
 
     def _switch_weights(self, probs: torch.Tensor, hard: torch.Tensor, soft: torch.Tensor, valid: torch.Tensor,
-                        *, update: bool) -> torch.Tensor | float:
+                        *, update: bool, sharded: bool) -> torch.Tensor | float:
         factor: torch.Tensor | float = 1.0
         if self.loss_threshold is not None:
             # Confidence is judged against the labels as given, not the smoothed ones.
             factor = unconfident_mask(gradient_norm(probs, hard, per_class=self.per_class), self.loss_threshold)
         if self.ghm is not None:
             # GHM looks at the gradient the loss actually produces, i.e. against the smoothed targets.
-            factor = factor * self.ghm(gradient_norm(probs, soft, per_class=self.per_class), valid, update=update)
+            factor = factor * self.ghm(gradient_norm(probs, soft, per_class=self.per_class), valid, update=update,
+                                       sharded=sharded)
         return factor
 
-    def _reduce(self, per_sample: torch.Tensor, weight: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
+    def _reduce(self, per_sample: torch.Tensor, weight: torch.Tensor | None, valid: torch.Tensor, *,
+                sharded: bool) -> torch.Tensor:
         if weight is None:
             weight = torch.ones_like(per_sample)
         elif weight.shape != per_sample.shape:
             raise ValueError(f"weight must have shape {tuple(per_sample.shape)}, got {tuple(weight.shape)}")
         weight = weight.float()
         if self.ohm_ratio is not None:
-            weight = weight * hardest_mask(per_sample.detach() * weight, valid, self.ohm_ratio)
+            weight = weight * hardest_mask(per_sample.detach() * weight, valid, self.ohm_ratio, sharded=sharded)
+        if sharded:  # DDP divides the summed gradients by world_size; the weight sum is the global batch's
+            return (per_sample * weight).sum() * get_world_size() / all_reduce_sum(weight.sum()).clamp_min(1e-12)
         return (per_sample * weight).sum() / weight.sum().clamp_min(1e-12)
 
     def extra_repr(self) -> str:

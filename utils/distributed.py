@@ -122,6 +122,36 @@ def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes)])
 
 
+def all_gather_shards(tensor: torch.Tensor) -> tuple[torch.Tensor, slice]:
+    """Like `all_gather_tensor` (rows of every rank, in rank order), plus the slice holding this rank's own rows.
+
+    Lets a rank decide over the global batch (e.g. its hardest samples) and keep its own part of the answer.
+    """
+    if not is_dist():
+        return tensor, slice(0, tensor.shape[0])
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(get_world_size())]
+    dist.all_gather(sizes, size)
+    counts = [int(s.item()) for s in sizes]
+    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    gathered = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(gathered, padded)
+    start = sum(counts[: get_rank()])
+    return torch.cat([g[:n] for g, n in zip(gathered, counts)]), slice(start, start + tensor.shape[0])
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """A new tensor holding the sum over ranks of `tensor`, without autograd history and without a host sync.
+
+    See `all_reduce_sum_differentiable` when the gradient must flow through the sum.
+    """
+    out = tensor.detach().clone()
+    if is_dist():
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
 def gather_predictions(indices: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """All-gather per-sample results and return them sorted by dataset index, each sample exactly once.
 

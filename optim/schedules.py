@@ -4,7 +4,8 @@ Every schedule is a ``factor(step) -> float`` built from a ``ScheduleSpec``; ``S
 to ``base_lr * factor(step)``, so discriminative (per-group) learning rates keep their ratios. Stepping per
 iteration lets continuous schedules (cosine, sgdr, onecycle) move every batch, while epoch-wise rules (the
 seed's warmup-step, multistep) read the epoch as ``step // steps_per_epoch``. All start with a linear warmup
-over ``--warmup`` epochs (from 0.1, the seed's warmup factor; onecycle's rise starts at 1/25 instead).
+over ``--warmup`` epochs (from 0.1, the seed's warmup factor; onecycle's rise starts at 1/25 instead). A warmup
+as long as the run is clipped to ``epochs - 1`` epochs, with a warning, so a one-epoch run trains at the full lr.
 
 ``plateau`` is the one schedule that learns from validation: its factor also holds a multiplier that
 ``Scheduler.end_epoch(val_loss)`` lowers when the loss stops improving, and that multiplier is part of the
@@ -18,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from utils.logger import get_logger
 from utils.registry import Registry
 
 SCHEDULES = Registry("--lr_schedule")
@@ -28,6 +30,7 @@ ONECYCLE_START = 1 / 25  # Smith & Topin's initial lr = max_lr / 25 (torch's One
 ONECYCLE_END = 1e-4
 ONECYCLE_PCT_RISE = 0.3  # torch's OneCycleLR pct_start, used when --warmup is 0
 PLATEAU_THRESHOLD = 1e-4  # relative improvement that counts, torch's ReduceLROnPlateau default
+STEP_STAGES = 4  # the step rule's factors after warmup: 1, 0.1, 0.01, 0.001
 
 Factor = Callable[[int], float]
 
@@ -75,11 +78,16 @@ def _half_cosine(progress: float) -> float:
 
 
 def warmup_step_lambda(epoch: int, *, epochs: int, warmup: int) -> float:
-    """The main seed's rule: 0.1 during warmup, then 1, 0.1, 0.01 and 0.001 at 1.5/4, 2.5/4, 3.5/4 of the rest."""
+    """The main seed's rule: 0.1 during warmup, then 1, 0.1, 0.01 and 0.001 at 1.5/4, 2.5/4, 3.5/4 of the rest.
+
+    One change for short runs: the full lr lasts at least the first epoch after warmup. With 1 or 2 epochs after
+    warmup the seed's first boundary truncates to the warmup's end, so its run never reached the full lr (a one-epoch
+    run trained at 0.001x). From 3 epochs after warmup on, every factor is the seed's.
+    """
     if epoch < warmup:
         return 0.1
     rest = epochs - warmup
-    if epoch < warmup + int(1.5 * rest / 4.0):
+    if epoch < warmup + max(1, int(1.5 * rest / 4.0)):
         return 1.0
     if epoch < warmup + int(2.5 * rest / 4.0):
         return 0.1
@@ -90,7 +98,13 @@ def warmup_step_lambda(epoch: int, *, epochs: int, warmup: int) -> float:
 
 @register_schedule("step")
 def _warmup_step(spec: ScheduleSpec) -> Factor:
-    """The seed's rule unchanged (constant 0.1 during warmup, not a ramp), read per epoch."""
+    """The seed's rule (constant 0.1 during warmup, not a ramp), read per epoch; see warmup_step_lambda."""
+    rest = spec.epochs - spec.warmup
+    if 0 < rest < STEP_STAGES:
+        factors = [warmup_step_lambda(e, epochs=spec.epochs, warmup=spec.warmup) for e in range(spec.epochs)]
+        get_logger().warning("--lr_schedule step needs %d epochs after --warmup to pass through its stages "
+                             "(1, 0.1, 0.01, 0.001); with --epochs %d --warmup %d the lr factor per epoch is %s",
+                             STEP_STAGES, spec.epochs, spec.warmup, factors)
     return lambda step: warmup_step_lambda(step // spec.steps_per_epoch, epochs=spec.epochs, warmup=spec.warmup)
 
 
@@ -249,6 +263,19 @@ class Scheduler:
             group["lr"] = base_lr * factor
 
 
+def clip_warmup(warmup: int, epochs: int) -> int:
+    """``warmup`` epochs, clipped to ``epochs - 1`` so that at least the last epoch runs at the full lr; warns when
+    it clips, and when the warmup still takes half the run or more."""
+    if 0 < epochs <= warmup:
+        get_logger().warning("--warmup %d is not shorter than --epochs %d; warming up for %d epochs instead",
+                             warmup, epochs, epochs - 1)
+        warmup = epochs - 1
+    if warmup > 0 and 2 * warmup >= epochs:
+        get_logger().warning("--warmup %d is half or more of --epochs %d, so most of the run is below the full lr; use "
+                             "fewer warmup epochs or more epochs", warmup, epochs)
+    return warmup
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, *, epochs: int, warmup: int, steps_per_epoch: int,
                     restart_epochs: int = 10, restart_mult: float = 2.0, restart_decay: float = 1.0,
                     milestones: tuple[int, ...] | list[int] = (), gamma: float = 0.1,
@@ -256,8 +283,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: str, *, epochs: int,
     """The named schedule over ``optimizer``; call ``step()`` after every optimizer step and
     ``end_epoch(val_loss)`` after each validation."""
     make_factor = SCHEDULES.get(name)
-    if warmup >= epochs and epochs > 0:
-        raise ValueError(f"--warmup ({warmup}) must be smaller than --epochs ({epochs})")
+    warmup = clip_warmup(warmup, epochs)
     spec = ScheduleSpec(epochs=epochs, warmup=warmup, steps_per_epoch=max(1, steps_per_epoch),
                         restart_epochs=restart_epochs, restart_mult=restart_mult, restart_decay=restart_decay,
                         milestones=tuple(milestones), gamma=gamma, plateau_patience=plateau_patience)

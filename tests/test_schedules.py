@@ -1,10 +1,12 @@
 import io
+import logging
 import math
 
 import pytest
 import torch
 
 from optim import SCHEDULES, build_optimizer, build_scheduler, warmup_step_lambda
+from utils.logger import get_logger
 
 
 def expected_seed_table(epochs: int, warmup: int) -> list[float]:
@@ -55,12 +57,65 @@ def test_cosine_warms_up_linearly_then_decays_to_zero():
     assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
 
 
-def test_unknown_schedule_and_bad_warmup_are_clear():
+def test_unknown_schedule_is_clear():
     opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], "adam", lr=0.1)
     with pytest.raises(ValueError, match="cosine"):
         build_scheduler(opt, "cosin", epochs=3, warmup=0, steps_per_epoch=1)
-    with pytest.raises(ValueError, match="--warmup"):
-        build_scheduler(opt, "step", epochs=3, warmup=3, steps_per_epoch=1)
+
+
+# ---- short runs: a warmup as long as the run is clipped, and the step rule always reaches the full lr -------------
+def seed_rule(epoch: int, epochs: int, warmup: int) -> float:
+    """The main seed's warmup-step rule exactly as it was, boundaries truncated with int()."""
+    rest = epochs - warmup
+    boundaries = [warmup, warmup + int(1.5 * rest / 4), warmup + int(2.5 * rest / 4), warmup + int(3.5 * rest / 4)]
+    return [0.1, 1.0, 0.1, 0.01, 0.001][sum(epoch >= b for b in boundaries)]
+
+
+@pytest.fixture
+def warnings_logged(caplog):
+    logger = get_logger()
+    logger.addHandler(caplog.handler)  # the project logger does not propagate to the root logger
+    try:
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
+def test_step_rule_keeps_the_seed_factors_from_three_epochs_after_warmup():
+    runs = [(epochs, warmup) for epochs in range(3, 101) for warmup in range(0, 6) if epochs - warmup >= 3]
+    for epochs, warmup in runs + [(10, 1), (48, 1), (100, 5)]:
+        got = [warmup_step_lambda(e, epochs=epochs, warmup=warmup) for e in range(epochs)]
+        assert got == [seed_rule(e, epochs, warmup) for e in range(epochs)], (epochs, warmup)
+    assert [seed_rule(e, 10, 1) for e in range(10)] == [0.1, 1.0, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+
+
+@pytest.mark.parametrize("epochs,warmup,factors,warned", [
+    (1, 1, [1.0], ["--warmup 1 is not shorter than --epochs 1", "lr factor per epoch is [1.0]"]),
+    (1, 0, [1.0], ["lr factor per epoch is [1.0]"]),  # the seed's rule ran this epoch at 0.001
+    (2, 0, [1.0, 0.001], ["[1.0, 0.001]"]),  # the seed's: [0.1, 0.001]
+    (2, 1, [0.1, 1.0], ["--warmup 1 is half or more of --epochs 2", "[0.1, 1.0]"]),  # the seed's: [0.1, 0.001]
+    (2, 5, [0.1, 1.0], ["warming up for 1 epochs instead", "half or more"]),
+    (3, 0, [1.0, 0.01, 0.001], ["[1.0, 0.01, 0.001]"]),  # the seed's unchanged, but a stage is skipped
+    (3, 1, [0.1, 1.0, 0.001], ["[0.1, 1.0, 0.001]"]),  # the seed's never reached the full lr: [0.1, 0.1, 0.001]
+])
+def test_short_step_runs_reach_the_full_lr_and_warn(warnings_logged, epochs, warmup, factors, warned):
+    lrs = _lrs("step", epochs=epochs, warmup=warmup, steps=2)
+    assert lrs[::2] == pytest.approx(factors) and lrs[1::2] == pytest.approx(factors)
+    assert all(text in warnings_logged.text for text in warned), warnings_logged.text
+
+
+def test_long_enough_runs_do_not_warn(warnings_logged):
+    for name in ("step", "cosine"):
+        _lrs(name, epochs=4, warmup=0, steps=1)
+        _lrs(name, epochs=10, warmup=1, steps=1)
+    assert warnings_logged.text == ""
+
+
+@pytest.mark.parametrize("name", ["step", "cosine", "sgdr", "plateau"])
+def test_one_epoch_run_with_the_default_warmup_starts_at_the_full_lr(warnings_logged, name):
+    lrs = _lrs(name, epochs=1, warmup=1, steps=4)
+    assert lrs[0] == pytest.approx(1.0) and "--warmup 1 is not shorter than --epochs 1" in warnings_logged.text
 
 
 def test_unknown_optimizer_suggests_closest():

@@ -1,11 +1,13 @@
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
 import torch
 
 from config import Config, explicit_flags, build_parser, parse_config
-from utils.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from utils.checkpoint import atomic_write, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from utils.distributed import gather_predictions
 from utils.metrics import classification_report, predicted_labels, topk_correct, write_report
 
@@ -20,6 +22,44 @@ def test_checkpoint_roundtrip_under_weights_only(tmp_path):
     assert torch.equal(loaded["model"]["w"], state["model"]["w"])
     assert Config.from_dict(loaded["config"]) == Config()
     assert [p.name for p in path.parent.iterdir()] == ["last.pth"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_atomic_write_gives_the_mode_of_a_plain_open_and_replaces_content(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        with open(tmp_path / "plain.txt", "wb") as handle:
+            handle.write(b"x")
+        atomic_write(tmp_path / "last.pth", lambda handle: handle.write(b"first"))
+        atomic_write(tmp_path / "last.pth", lambda handle: handle.write(b"second"))
+    finally:
+        os.umask(previous)
+    modes = [stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("last.pth", "plain.txt")]
+    assert modes == [0o666 & ~umask] * 2  # mkstemp gave 0o600
+    assert (tmp_path / "last.pth").read_bytes() == b"second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth", "plain.txt"]
+
+
+def test_atomic_write_syncs_the_folder_after_the_rename(tmp_path, monkeypatch):
+    path, synced = tmp_path / "last.pth", []
+    real_fsync, real_open = os.fsync, os.open
+
+    def fsync(fd):
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        if synced[-1] == "folder":
+            assert path.read_bytes() == b"new"  # already renamed into place
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic_write(path, lambda handle: handle.write(b"new"))
+    assert synced == ["file", "folder"]
+
+    def open_files_only(name, flags, *args):  # as on Windows, where a folder cannot be opened
+        if os.path.isdir(name):
+            raise PermissionError(13, "Permission denied", str(name))
+        return real_open(name, flags, *args)
+    monkeypatch.setattr(os, "open", open_files_only)
+    atomic_write(path, lambda handle: handle.write(b"newer"))
+    assert path.read_bytes() == b"newer" and synced == ["file", "folder", "file"]
 
 
 def test_rng_state_restores_torch_numpy_python():

@@ -8,7 +8,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -17,11 +16,16 @@ import torch
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write`` on a temporary file in the same folder, fsync, then ``os.replace`` it onto ``path``: a crash
-    never leaves a half-written file behind, and the previous one stays intact."""
+    """Call ``write`` on a temporary file in the same folder, fsync, ``os.replace`` it onto ``path`` and fsync the
+    folder: a crash never leaves a half-written file behind, and the previous one stays intact. The file gets the
+    mode a plain ``open()`` gives (0o666 less the umask), like every other output, not mkstemp's 0o600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Created the way open() creates files, so the kernel applies the umask (and any default ACL). Reading the umask
+    # instead takes os.umask(0) and back, which changes it for every thread meanwhile. 64 random bits name the file;
+    # O_EXCL never reuses an existing one.
+    tmp = path.parent / f".{path.name}.{os.urandom(8).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -32,6 +36,18 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    # The rename itself is durable only once the folder is synced. Windows cannot open a folder and some file systems
+    # refuse to fsync one; there the rename is left to the operating system.
+    try:
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:

@@ -3,11 +3,17 @@
     python demos/classifier.py checkpoints/RUN/best.torchscript.pt path/to/image.png
     python demos/classifier.py checkpoints/RUN/best.onnx path/to/folder --topk 3 --json
     python demos/classifier.py MODEL path/to/image.png --benchmark 500 --threads 2   # batch-1 latency and FPS
+    python demos/classifier.py MODEL path/to/folder --unreadable unreadable.txt   # also list bad images in a file
 
 MODEL is a TorchScript file (`main.py --jit`) or an ONNX file (`main.py --onnx`, run with ONNX Runtime); the format
 is recognised from the file's content. Either carries its class names and preprocessing; images go through the same
 letterbox code as training (dataloader/preprocess.py, loaded on its own so that none of the training data pipeline
 is imported).
+
+Images that cannot be read are skipped: the others are classified, each bad one gets an `error: PATH: REASON` line on
+stderr, and the exit status is 1. Every other problem is one `error: ...` line, no traceback: exit status 2 for a
+usage error (a flag, or a model or image path that does not exist), 1 for a data error (a file that exists but is not
+a model or an image, a folder without images).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -39,10 +46,20 @@ def _load_preprocess_module():
 
 _preprocess = _load_preprocess_module()
 IMAGE_EXTENSIONS = _preprocess.IMAGE_EXTENSIONS
+ImageDecodeError = _preprocess.ImageDecodeError
 Preprocessing = _preprocess.Preprocessing
 load_image_tensor = _preprocess.load_image_tensor
 
 EXPORT_HINT = "export one with: python main.py --jit --resume CKPT  (or --onnx)"
+USAGE_ERROR, DATA_ERROR = 2, 1  # exit statuses, the ones main.py uses (argparse exits with 2 on a bad flag)
+
+
+class DemoError(Exception):
+    """A problem the user can fix: `main` prints it as one `error: ...` line and exits with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int = DATA_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -62,37 +79,59 @@ class ExportedModel:
 def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel:
     """A TorchScript (zip archive) or ONNX file written by main.py, with its class names and preprocessing."""
     path = Path(path)
-    if not path.is_file():
-        raise SystemExit(f"model file {path} not found; {EXPORT_HINT}")
+    if not path.exists():
+        raise DemoError(f"model file {path} not found; {EXPORT_HINT}", USAGE_ERROR)
+    if path.is_dir():
+        raise DemoError(f"{path} is a folder, not a model file; {EXPORT_HINT}", USAGE_ERROR)
+    try:
+        with path.open("rb") as handle:
+            # torch.jit.save writes a zip archive; an ONNX model is a bare protobuf message.
+            is_zip = zipfile.is_zipfile(handle)
+    except OSError as exc:
+        raise DemoError(f"cannot read model file {path}: {exc.strerror or exc}") from None
     if threads:
         torch.set_num_threads(threads)
-    # torch.jit.save writes a zip archive; an ONNX model is a bare protobuf message.
-    return _load_torchscript(path) if zipfile.is_zipfile(path) else _load_onnx(path, threads)
+    return _load_torchscript(path) if is_zip else _load_onnx(path, threads)
+
+
+def _read_metadata(path: Path, class_names: str | None, preprocessing: str | None,
+                   flag: str) -> tuple[list[str], Preprocessing]:
+    """The class names and preprocessing stored as JSON in an export; a file without them was not written by main.py."""
+    if not class_names or not preprocessing:
+        raise DemoError(f"{path} has no embedded class names and preprocessing; was it exported with "
+                        f"`main.py {flag}`?")
+    try:
+        return json.loads(class_names), Preprocessing.from_dict(json.loads(preprocessing))
+    except (ValueError, TypeError) as exc:
+        raise DemoError(f"{path} has unreadable class names or preprocessing ({exc}); export it again with "
+                        f"`main.py {flag}`") from None
 
 
 def _load_torchscript(path: Path) -> ExportedModel:
     extra = {"class_names.json": "", "preprocessing.json": "", "meta.json": ""}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit is deprecated, still supported
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    if not extra["class_names.json"]:
-        raise SystemExit(f"{path} has no embedded class names; was it exported with `main.py --jit`?")
+        try:
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        except Exception:  # noqa: BLE001  torch raises RuntimeError or its own C++ errors, with paragraphs of text
+            raise DemoError(f"{path} is a zip archive that torch.jit.load cannot read: a training checkpoint must be "
+                            f"exported first (python main.py --jit --resume {path}), a damaged export exported "
+                            "again") from None
+    class_names, preprocessing = _read_metadata(path, extra["class_names.json"], extra["preprocessing.json"], "--jit")
     meta = json.loads(extra["meta.json"] or "{}")
     if meta.get("optimize_for_inference"):  # checked against eager at export; it cannot be saved optimised
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
             module = torch.jit.optimize_for_inference(module)
-    return ExportedModel(module.eval(), json.loads(extra["class_names.json"]),
-                         Preprocessing.from_dict(json.loads(extra["preprocessing.json"])), "TorchScript",
-                         meta.get("model", "?"))
+    return ExportedModel(module.eval(), class_names, preprocessing, "TorchScript", meta.get("model", "?"))
 
 
 def _load_onnx(path: Path, threads: int | None) -> ExportedModel:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise SystemExit(f"{path} is not a TorchScript archive, so it is read as ONNX, which needs ONNX Runtime: "
-                         "pip install onnxruntime==1.32.0") from None
+        raise DemoError(f"{path} is not a TorchScript archive, so it is read as ONNX, which needs ONNX Runtime: "
+                        "pip install onnxruntime==1.32.0") from None
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
@@ -101,45 +140,85 @@ def _load_onnx(path: Path, threads: int | None) -> ExportedModel:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001  ORT raises its own exception types for unreadable files
-        raise SystemExit(f"{path} is neither a TorchScript archive nor an ONNX model ONNX Runtime can load "
-                         f"({type(exc).__name__}); {EXPORT_HINT}") from None
+        raise DemoError(f"{path} is neither a TorchScript archive nor an ONNX model ONNX Runtime can load "
+                        f"({type(exc).__name__}); {EXPORT_HINT}") from None
     meta = session.get_modelmeta().custom_metadata_map
-    if "class_names" not in meta or "preprocessing" not in meta:
-        raise SystemExit(f"{path} has no class_names/preprocessing metadata; was it exported with `main.py --onnx`?")
+    class_names, preprocessing = _read_metadata(path, meta.get("class_names"), meta.get("preprocessing"), "--onnx")
     input_name = session.get_inputs()[0].name
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {input_name: batch.numpy()})[0])
 
-    return ExportedModel(run, json.loads(meta["class_names"]),
-                         Preprocessing.from_dict(json.loads(meta["preprocessing"])), "ONNX", meta.get("model", "?"))
+    return ExportedModel(run, class_names, preprocessing, "ONNX", meta.get("model", "?"))
+
+
+Unreadable = tuple[Path, str]  # an image that could not be read, and why
 
 
 def list_images(target: str | Path) -> list[Path]:
+    """``target`` itself if it is a file (whatever its suffix), else the image files under the folder, sorted."""
     target = Path(target)
     if target.is_file():
         return [target]
     if target.is_dir():
-        files = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        # Not is_file(): a broken link named like an image is reported as unreadable instead of silently skipped.
+        files = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
         if files:
             return files
-        raise SystemExit(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {target}")
-    raise SystemExit(f"{target} is neither an image file nor a folder")
+        raise DemoError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {target}; "
+                        "give an image file or a folder of images")
+    if not target.exists():
+        raise DemoError(f"{target} not found; give an image file or a folder of images", USAGE_ERROR)
+    raise DemoError(f"{target} is neither an image file nor a folder", USAGE_ERROR)
+
+
+def why_unreadable(error: Exception) -> str:
+    """The short reason an image could not be read: the decoder's own words, or the operating system's."""
+    if isinstance(error, ImageDecodeError) and error.reason:
+        return error.reason
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error)
 
 
 @torch.inference_mode()
-def classify(model: ExportedModel, images: list[Path], topk: int, batch_size: int = 32) -> list[dict]:
-    results = []
+def classify(model: ExportedModel, images: list[Path], topk: int,
+             batch_size: int = 32) -> tuple[list[dict], list[Unreadable]]:
+    """Top-k predictions for every image that can be read, and the (path, reason) of each one that cannot."""
+    results, unreadable = [], []
     k = min(topk, len(model.class_names))
     for start in range(0, len(images), batch_size):
-        paths = images[start:start + batch_size]
-        batch = torch.stack([load_image_tensor(p, model.preprocessing) for p in paths])
-        probs, labels = model(batch).topk(k, dim=1)
+        paths, tensors = [], []
+        for path in images[start:start + batch_size]:
+            try:
+                tensors.append(load_image_tensor(path, model.preprocessing))
+                paths.append(path)
+            except (ImageDecodeError, OSError) as exc:
+                unreadable.append((path, why_unreadable(exc)))
+        if not tensors:
+            continue
+        probs, labels = model(torch.stack(tensors)).topk(k, dim=1)
         for path, p, idx in zip(paths, probs.tolist(), labels.tolist()):
             results.append({"image": str(path),
                             "predictions": [{"class": model.class_names[i], "probability": round(q, 6)}
                                             for i, q in zip(idx, p)]})
-    return results
+    return results, unreadable
+
+
+def report_unreadable(unreadable: list[Unreadable], list_file: Path | None) -> None:
+    """One ``error: PATH: REASON`` line per image on stderr and, given ``list_file``, ``PATH<TAB>REASON`` lines in it
+    (written even when there are none, so that a list left by an earlier run is not mistaken for this one's)."""
+    for path, reason in unreadable:
+        print(f"error: {path}: {reason}", file=sys.stderr)
+    if list_file is None:
+        return
+    try:
+        list_file.parent.mkdir(parents=True, exist_ok=True)
+        list_file.write_text("".join(f"{path}\t{reason}\n" for path, reason in unreadable), encoding="utf-8",
+                             errors="surrogateescape")
+    except OSError as exc:
+        raise DemoError(f"cannot write --unreadable {list_file}: {exc.strerror or exc}; give a writable file path",
+                        USAGE_ERROR) from None
 
 
 @torch.inference_mode()
@@ -147,7 +226,7 @@ def benchmark(model: ExportedModel, image: Path, runs: int, warmup: int = 20) ->
     """Latency of ``runs`` batch-1 inferences on one image after ``warmup`` untimed ones (allocator, kernel choice,
     ONNX Runtime's first-run work); decoding and letterboxing are not timed."""
     if runs < 1:
-        raise SystemExit(f"--benchmark needs at least 1 run, got {runs}")
+        raise ValueError(f"benchmark needs at least 1 run, got {runs}")
     batch = load_image_tensor(image, model.preprocessing).unsqueeze(0)
     for _ in range(warmup):
         model(batch)
@@ -162,37 +241,85 @@ def benchmark(model: ExportedModel, image: Path, runs: int, warmup: int = 20) ->
             "p99_ms": round(float(p99), 4), "fps": round(runs / float(times.sum()), 2)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Classify images with a model exported by main.py --jit or --onnx")
+def positive_int(text: str) -> int:
+    value = int(text)  # a ValueError becomes argparse's "invalid positive_int value: 'x'"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one ``error:`` line (exit status 2) instead of its usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise DemoError(f"{message}; see {self.prog} --help", USAGE_ERROR)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = _ArgumentParser(description="Classify images with a model exported by main.py --jit or --onnx")
     parser.add_argument("model", help="TorchScript (.pt) or ONNX (.onnx) file written by main.py --jit / --onnx")
     parser.add_argument("images", help="an image file or a folder (searched recursively)")
-    parser.add_argument("--topk", type=int, default=1, help="classes to print per image")
+    parser.add_argument("--topk", type=positive_int, default=1, help="classes to print per image")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
-    parser.add_argument("--benchmark", type=int, nargs="?", const=200, default=None, metavar="N",
+    parser.add_argument("--unreadable", type=Path, default=None, metavar="FILE",
+                        help="also write the images that cannot be read to FILE, one 'PATH<TAB>REASON' line each "
+                             "(they are always listed on stderr, and make the exit status 1)")
+    parser.add_argument("--benchmark", type=positive_int, nargs="?", const=200, default=None, metavar="N",
                         help="instead of classifying, time N (default 200) batch-1 inferences on the first image after "
                              "a warm-up, and print latency p50/p90/p99 and FPS")
-    parser.add_argument("--threads", type=int, default=None, metavar="T",
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="T",
                         help="CPU threads: torch.set_num_threads for TorchScript, intra-op threads for ONNX Runtime")
     args = parser.parse_args(argv)
+    if args.unreadable is not None and args.unreadable.is_dir():
+        parser.error(f"--unreadable {args.unreadable} is a folder; give a file path such as "
+                     f"{args.unreadable / 'unreadable.txt'}")
+    return args
+
+
+def run_benchmark(model: ExportedModel, image: Path, args: argparse.Namespace) -> int:
+    """Time the model on ``image`` and print the statistics; the exit status."""
+    try:
+        stats = benchmark(model, image, args.benchmark)
+    except (ImageDecodeError, OSError) as exc:
+        report_unreadable([(image, why_unreadable(exc))], args.unreadable)
+        return DATA_ERROR
+    report_unreadable([], args.unreadable)
+    stats["threads"] = args.threads or (torch.get_num_threads() if model.format == "TorchScript" else "default")
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"{args.model} ({stats['model']}, {model.format}, {stats['threads']} threads): {stats['runs']} batch-1 "
+          f"runs after {stats['warmup']} warm-up: p50 {stats['p50_ms']:.3f} ms, p90 {stats['p90_ms']:.3f} ms, "
+          f"p99 {stats['p99_ms']:.3f} ms, {stats['fps']:.1f} FPS")
+    return 0
+
+
+def run_classifier(args: argparse.Namespace) -> int:
+    """Classify (or benchmark) as the flags say and print the results; the exit status."""
     model = load_exported(args.model, args.threads)
     images = list_images(args.images)
     if args.benchmark is not None:
-        stats = benchmark(model, images[0], args.benchmark)
-        stats["threads"] = args.threads or (torch.get_num_threads() if model.format == "TorchScript" else "default")
-        if args.json:
-            print(json.dumps(stats, indent=2))
-            return
-        print(f"{args.model} ({stats['model']}, {model.format}, {stats['threads']} threads): {stats['runs']} batch-1 "
-              f"runs after {stats['warmup']} warm-up: p50 {stats['p50_ms']:.3f} ms, p90 {stats['p90_ms']:.3f} ms, "
-              f"p99 {stats['p99_ms']:.3f} ms, {stats['fps']:.1f} FPS")
-        return
-    results = classify(model, images, args.topk)
+        return run_benchmark(model, images[0], args)
+    results, unreadable = classify(model, images, args.topk)
     if args.json:
         print(json.dumps(results, indent=2))
-        return
-    for item in results:
-        preds = ", ".join(f"{p['class']} {p['probability']:.4f}" for p in item["predictions"])
-        print(f"{item['image']}: {preds}")
+    else:
+        for item in results:
+            preds = ", ".join(f"{p['class']} {p['probability']:.4f}" for p in item["predictions"])
+            print(f"{item['image']}: {preds}")
+    report_unreadable(unreadable, args.unreadable)
+    return DATA_ERROR if unreadable else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line; a user error ends it with one ``error:`` line and exit status 2 (usage) or 1 (data)."""
+    try:
+        status = run_classifier(parse_args(argv))
+    except DemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        status = exc.exit_code
+    if status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

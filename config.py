@@ -1,4 +1,4 @@
-"""Command-line flags and the plain, typed config every application receives.
+"""Command-line flags, --config YAML files and the plain, typed config every application receives.
 
 The flag names follow the main seed (``--data``, ``--image_size``, ``-b``, ``-j``, ``--criterion``, ``--lr``,
 ``--warmup``, ``--epochs``, ``--aug``, ``--resume``, ``--jit``, ``--evaluation``). ``Config`` round-trips
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -139,6 +140,10 @@ class Config:
     visual_method: str = "grad-cam"
     target_layer: str | None = None
     visual_limit: int = 64
+    # how to run (never taken from a checkpoint)
+    debug: bool = False
+    config: str | None = None
+    print_config: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -151,31 +156,81 @@ class Config:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = Config()
-    p = argparse.ArgumentParser(
-        description="Train, evaluate and export image classifiers (python main.py or torchrun main.py).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+# --- flags -----------------------------------------------------------------------------------------------------
+# One function per group of flags, next to the group's fields above in spirit: the recipe (what is trained) first,
+# then each job. A flag added to a job's group is a runtime flag (never taken from a checkpoint) and is refused
+# unless its job is chosen; nothing else needs to know about it.
+
+
+class FlagError(ValueError):
+    """A bad command line (argparse's complaints included); main.py prints it as one error line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message and exits; we want one line, no usage
+        raise FlagError(f"{message} (python main.py --help lists the flags)")
+
+
+@dataclass(frozen=True)
+class JobGroup:
+    """The flags of one job, named ``name``; any of its ``selectors`` chooses it (none: options of any job)."""
+
+    title: str
+    name: str | None
+    selectors: tuple[str, ...]
+    dests: tuple[str, ...]
+
+    def chosen_by(self, cfg: "Config") -> bool:
+        return any(getattr(cfg, dest) is not None and getattr(cfg, dest) is not False for dest in self.selectors)
+
+    @property
+    def flag(self) -> str:
+        return " / ".join(_flag_name(dest) for dest in self.selectors)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def _data_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=d.data, help="data root with train/ [val/] [test/] folders or <split>.csv")
-    g.add_argument("--image_size", type=int, nargs=2, default=d.image_size, metavar=("H", "W"),
+    g.add_argument("--image_size", type=_positive_int, nargs=2, default=d.image_size, metavar=("H", "W"),
                    help="network input; images are letterboxed (aspect kept, padded with 0)")
-    g.add_argument("--num_classes", type=int, default=d.num_classes,
+    g.add_argument("--num_classes", type=_positive_int, default=d.num_classes,
                    help="number of classes; inferred from the data when omitted, checked when given")
-    g.add_argument("--val_ratio", type=float, default=d.val_ratio,
+    g.add_argument("--val_ratio", type=_ratio, default=d.val_ratio,
                    help="stratified share of train used for validation when there is no val split; 0 trains on all "
                         "of train without validation (best.pth = the last weights, EMA when --ema)")
     g.add_argument("--mean", type=float, nargs=3, default=d.mean, help="normalisation mean (RGB, 0..1 scale)")
     g.add_argument("--std", type=float, nargs=3, default=d.std, help="normalisation std (RGB, 0..1 scale)")
     g.add_argument("--cache_images", choices=["ram"], default=d.cache_images,
                    help="decode and letterbox every image once into RAM (small data sets; memory is checked)")
-    g.add_argument("--decode", choices=["loader", "device"], default=d.decode,
-                   help="where images are decoded: loader (OpenCV in the loader workers) or device (workers only read "
-                        "the files; the training process decodes each batch's JPEGs on --device, batched nvjpeg on "
-                        "CUDA, and letterboxes them there; other formats still decode in the workers). device "
-                        "supports --aug basic only and not --cache_images")
-    g.add_argument("-b", "--batch_size", type=int, default=d.batch_size, help="batch size per process")
-    g.add_argument("-j", "--workers", type=int, default=d.workers, help="data loading workers per process")
+    g.add_argument("-b", "--batch_size", type=_positive_int, default=d.batch_size, help="batch size per process")
+    g.add_argument("--kfold", type=int, default=d.kfold, metavar="K",
+                   help="train on K-1 folds of a stratified K-fold split of train (fixed by --seed) and validate on "
+                        "fold --fold; a val/ folder is not used")
+    g.add_argument("--fold", type=int, default=d.fold, metavar="I", help="with --kfold: the held-out fold, 0..K-1")
+
+
+def _model_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", "--arch", dest="model", default=d.model,
                    help="our own, any torchvision or timm classification model name")
@@ -194,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bn_momentum", type=float, default=d.bn_momentum, metavar="M",
                    help="momentum of every BatchNorm's running statistics (PyTorch's default is 0.1); unset: the "
                         "model's own (torchvision's MobileNetV3 uses 0.01, too slow for runs of a few thousand steps)")
+
+
+def _optimisation_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--criterion", default=d.criterion,
                    help="loss: softmax, bce (sigmoid one-vs-all), focal, arcface or amsoftmax (README: Losses); "
@@ -206,17 +264,48 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=d.lr, help="base learning rate")
     g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (Nesterov when > 0)")
     g.add_argument("--weight_decay", type=float, default=d.weight_decay, help="applied to weights, not norms/biases")
-    g.add_argument("--lr_schedule", default=d.lr_schedule,
-                   help="step (the seed's warmup-step rule), cosine, sgdr (warm restarts), onecycle, multistep "
-                        "or plateau (ReduceLROnPlateau on val loss); all warm up linearly over --warmup epochs")
-    g.add_argument("--warmup", type=int, default=d.warmup, help="warmup epochs")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="total epochs of the schedule")
-    g.add_argument("--stop_epoch", type=int, default=d.stop_epoch,
-                   help="stop after this many epochs without changing the schedule; continue with --resume")
+    g.add_argument("--epochs", type=_positive_int, default=d.epochs, help="total epochs of the schedule")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=d.amp,
                    help="autocast: fp16 + GradScaler on CUDA, bf16 on CPU; unset: on for CUDA and bf16-native CPUs")
     g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
+    g.add_argument("--lookahead", action="store_true",
+                   help="wrap the optimizer in Lookahead (timm): slow weights follow the fast ones every k steps")
+    g.add_argument("--lookahead_k", type=int, default=d.lookahead_k,
+                   help="Lookahead: fast steps between slow-weight updates (also used by ranger)")
+    g.add_argument("--lookahead_alpha", type=float, default=d.lookahead_alpha,
+                   help="Lookahead: fraction of the way the slow weights move to the fast ones (also used by ranger)")
+    g.add_argument("--lr_scale_batch", type=_positive_int, default=d.lr_scale_batch, metavar="REF",
+                   help="linear scaling: lr x global batch / REF, global batch = batch_size x world size x "
+                        "accum_steps (unset: lr as given)")
+    g.add_argument("--backbone_lr_scale", type=float, default=d.backbone_lr_scale,
+                   help="discriminative lr: everything but the final classifier trains at lr x this factor")
+    g.add_argument("--freeze", type=_non_negative_int, default=d.freeze, metavar="N",
+                   help="train only the final classifier for the first N epochs (backbone BatchNorm stats frozen "
+                        "too), then everything")
+
+
+def _schedule_flags(p: argparse.ArgumentParser, d: Config) -> None:
+    g = p.add_argument_group("learning-rate schedule")
+    g.add_argument("--lr_schedule", default=d.lr_schedule,
+                   help="step (the seed's warmup-step rule), cosine, sgdr (warm restarts), onecycle, multistep "
+                        "or plateau (ReduceLROnPlateau on val loss); all warm up linearly over --warmup epochs")
+    g.add_argument("--warmup", type=_non_negative_int, default=d.warmup,
+                   help="warmup epochs; a warmup not shorter than --epochs is clipped to --epochs - 1 with a "
+                        "warning, so --epochs 1 trains at the full lr")
+    g.add_argument("--restart_epochs", type=_positive_int, default=d.restart_epochs,
+                   help="sgdr: length of the first cosine cycle in epochs (after warmup)")
+    g.add_argument("--restart_mult", type=float, default=d.restart_mult,
+                   help="sgdr: each cycle is this many times longer than the previous one")
+    g.add_argument("--restart_decay", type=float, default=d.restart_decay,
+                   help="sgdr: each cycle's peak lr is this many times the previous peak")
+    g.add_argument("--milestones", type=int, nargs="+", default=d.milestones, metavar="EPOCH",
+                   help="multistep: epochs at whose start the lr is multiplied by --gamma")
+    g.add_argument("--gamma", type=float, default=d.gamma, help="multistep and plateau: lr multiplier per drop")
+    g.add_argument("--plateau_patience", type=int, default=d.plateau_patience,
+                   help="plateau: epochs without a val loss improvement tolerated before the lr drops")
+
+
+def _loss_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g = p.add_argument_group("losses")
     g.add_argument("--focal_gamma", type=float, default=d.focal_gamma,
                    help="--criterion focal: loss -(1 - p_t)^gamma log p_t; 0 is cross-entropy")
@@ -230,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "one weight per line in class order, or class_name,weight lines")
     g.add_argument("--ghm_loss", action="store_true",
                    help="GHM-C: weight samples (bce: elements) by the inverse density of their gradient norm")
-    g.add_argument("--ghm_bins", type=int, default=d.ghm_bins, help="--ghm_loss: number of gradient-norm bins")
+    g.add_argument("--ghm_bins", type=_positive_int, default=d.ghm_bins,
+                   help="--ghm_loss: number of gradient-norm bins")
     g.add_argument("--ghm_momentum", type=float, default=d.ghm_momentum,
                    help="--ghm_loss: moving-average momentum of the bin counts (0: this batch only)")
     g.add_argument("--ohm_loss", action="store_true",
@@ -239,8 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold_loss", action="store_true",
                    help="predictions already beyond --loss_threshold confidence contribute zero loss (softmax: "
                         "p_target > t; bce: positives p > t, negatives p < 1 - t)")
-    g.add_argument("--loss_threshold", type=float, default=d.loss_threshold,
-                   help="--threshold_loss: confidence t")
+    g.add_argument("--loss_threshold", type=float, default=d.loss_threshold, help="--threshold_loss: confidence t")
+
+
+def _augmentation_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g = p.add_argument_group("augmentation and sampling")
     g.add_argument("--aug", nargs="?", const="basic", default=d.aug, metavar="NAME[,NAME...]",
                    help="per-image train augmentations, applied in the order given: basic (flip + light affine; "
@@ -256,50 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability that a batch is mixed; with several mixes, one is picked per batch")
     g.add_argument("--multi_scale", action="store_true",
                    help="resize each train batch on the device to a size chosen per step (the same on every rank)")
-    g.add_argument("--multi_scale_sizes", type=int, nargs="+", default=d.multi_scale_sizes, metavar="S",
+    g.add_argument("--multi_scale_sizes", type=_positive_int, nargs="+", default=d.multi_scale_sizes, metavar="S",
                    help="square sides for --multi_scale (long side for non-square inputs); default: the image "
                         "size x 0.75, 0.875, 1, 1.125, 1.25, rounded")
     g.add_argument("--balance", action="store_true",
                    help="class-balanced sampling: each epoch draws len(train) samples, classes equally likely")
-    g.add_argument("--aug_preview", type=int, default=d.aug_preview, metavar="N",
-                   help="write a PNG grid of N augmented train samples (with mixes and multi-scale when set) to "
-                        "--output or CHECKPOINT_DIR/NAME/aug_preview.png and exit without training")
-    g = p.add_argument_group("optimizer extras and schedules")
-    g.add_argument("--lookahead", action="store_true",
-                   help="wrap the optimizer in Lookahead (timm): slow weights follow the fast ones every k steps")
-    g.add_argument("--lookahead_k", type=int, default=d.lookahead_k,
-                   help="Lookahead: fast steps between slow-weight updates (also used by ranger)")
-    g.add_argument("--lookahead_alpha", type=float, default=d.lookahead_alpha,
-                   help="Lookahead: fraction of the way the slow weights move to the fast ones (also used by ranger)")
-    g.add_argument("--lr_scale_batch", type=int, default=d.lr_scale_batch, metavar="REF",
-                   help="linear scaling: lr x global batch / REF, global batch = batch_size x world size x "
-                        "accum_steps (unset: lr as given)")
-    g.add_argument("--backbone_lr_scale", type=float, default=d.backbone_lr_scale,
-                   help="discriminative lr: everything but the final classifier trains at lr x this factor")
-    g.add_argument("--freeze", type=int, default=d.freeze, metavar="N",
-                   help="train only the final classifier for the first N epochs (backbone BatchNorm stats frozen "
-                        "too), then everything")
-    g.add_argument("--restart_epochs", type=int, default=d.restart_epochs,
-                   help="sgdr: length of the first cosine cycle in epochs (after warmup)")
-    g.add_argument("--restart_mult", type=float, default=d.restart_mult,
-                   help="sgdr: each cycle is this many times longer than the previous one")
-    g.add_argument("--restart_decay", type=float, default=d.restart_decay,
-                   help="sgdr: each cycle's peak lr is this many times the previous peak")
-    g.add_argument("--milestones", type=int, nargs="+", default=d.milestones, metavar="EPOCH",
-                   help="multistep: epochs at whose start the lr is multiplied by --gamma")
-    g.add_argument("--gamma", type=float, default=d.gamma,
-                   help="multistep and plateau: lr multiplier per drop")
-    g.add_argument("--plateau_patience", type=int, default=d.plateau_patience,
-                   help="plateau: epochs without a val loss improvement tolerated before the lr drops")
-    g.add_argument("--lr_find", action="store_true",
-                   help="lr finder: exponential lr sweep on the train data, writes lr_find.png/.csv to --output "
-                        "(default CHECKPOINT_DIR/NAME/), prints the suggested lr; trains and saves no model")
-    g.add_argument("--lr_find_start", type=float, default=d.lr_find_start, help="lr finder: first lr of the sweep")
-    g.add_argument("--lr_find_end", type=float, default=d.lr_find_end, help="lr finder: last lr of the sweep")
-    g.add_argument("--lr_find_steps", type=int, default=d.lr_find_steps,
-                   help="lr finder: iterations of the sweep (it stops early once the loss exceeds 4x its minimum)")
+
+
+def _tricks_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g = p.add_argument_group("training tricks")
-    g.add_argument("--accum_steps", type=int, default=d.accum_steps,
+    g.add_argument("--accum_steps", type=_positive_int, default=d.accum_steps,
                    help="accumulate gradients over this many batches per optimizer step (effective batch x N)")
     g.add_argument("--clip_grad", type=float, default=d.clip_grad, help="clip the global gradient norm to this value")
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes under DDP")
@@ -308,66 +366,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema_decay", type=float, default=d.ema_decay, help="EMA decay per optimizer step")
     g.add_argument("--swa", action="store_true",
                    help="stochastic weight averaging over the last --swa_epochs epochs, then a BN statistics update")
-    g.add_argument("--swa_epochs", type=int, default=d.swa_epochs, help="epochs at the end averaged by --swa")
+    g.add_argument("--swa_epochs", type=_positive_int, default=d.swa_epochs, help="epochs at the end averaged by --swa")
     g.add_argument("--swa_lr", type=float, default=d.swa_lr,
                    help="constant lr during the SWA epochs (default: the schedule continues)")
     g.add_argument("--l1", type=float, default=d.l1, help="L1 penalty on weights (not norms/biases) added to the loss")
     g.add_argument("--l2", type=float, default=d.l2,
                    help="L2 penalty on weights (not norms/biases) added to the loss (unlike --weight_decay, "
                         "it goes through the optimizer's adaptive scaling)")
-    g.add_argument("--patience", type=int, default=d.patience,
+    g.add_argument("--patience", type=_positive_int, default=d.patience,
                    help="early stopping: stop when val top-1 has not improved for this many epochs")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model (falls back to eager with a warning where unsupported)")
-    g = p.add_argument_group("bookkeeping")
-    g.add_argument("--checkpoint_dir", default=d.checkpoint_dir, help="runs are saved in CHECKPOINT_DIR/NAME/")
-    g.add_argument("--log_dir", default=d.log_dir, help="TensorBoard runs go to LOG_DIR/NAME/")
-    g.add_argument("--name", default=d.name, help="run name (default: MODEL-YYYYmmdd-HHMMSS)")
-    g.add_argument("--log_interval", type=int, default=d.log_interval, help="steps between progress updates")
-    g.add_argument("--keep_epochs", type=int, default=d.keep_epochs, metavar="K",
-                   help="also keep the checkpoints of the last K epochs as epoch_NNN.pth (for --average_last)")
-    g = p.add_argument_group("applications")
-    g.add_argument("--resume", nargs="+", default=d.resume, metavar="CKPT",
-                   help="checkpoint: continue training, or the model for --evaluation / --jit / --onnx; --predict "
-                        "takes several (checkpoints or exported .pt / .onnx files) and averages their probabilities")
-    g.add_argument("--evaluation", action="store_true", help="evaluate --resume on --split and write a report")
-    g.add_argument("--jit", action="store_true", help="export --resume to TorchScript (traced, frozen)")
-    g.add_argument("--split", default=d.split, help="split for --evaluation: train, val or test")
-    g.add_argument("--output", default=d.output, help="output path (export file or evaluation directory)")
-    g.add_argument("--tta", nargs="?", const="flip", default=d.tta, metavar="GROUP[,GROUP...]",
-                   help="test-time augmentation for --evaluation, class probabilities averaged over the views: flip "
-                        "(mirror, 2 views; what a bare --tta means), crop (5 crops shifted by 1/16 of the side), "
-                        "scale (0.875x, 1x, 1.125x); groups multiply")
-    g.add_argument("--predict", default=d.predict, metavar="DIR_OR_CSV",
-                   help="write a submission CSV (filename,label) for the images of a folder or a CSV list, with "
-                        "--resume CKPT [CKPT ...] (an ensemble), optional --tta and --probabilities")
-    g.add_argument("--ensemble_weights", type=float, nargs="+", default=d.ensemble_weights, metavar="W",
-                   help="--predict: one weight per --resume model for the probability average (default: equal)")
-    g.add_argument("--probabilities", action="store_true",
-                   help="--predict: add one probability column per class to the submission CSV")
-    g.add_argument("--average_last", type=int, default=d.average_last, metavar="K",
-                   help="average the weights of the last K epoch checkpoints of the run of --resume (written with "
-                        "--keep_epochs) into one checkpoint")
-    g.add_argument("--average", nargs="+", default=d.average, metavar="CKPT",
-                   help="average the weights of these checkpoints (same model) into one checkpoint")
-    g.add_argument("--update_bn", action="store_true",
-                   help="after --average / --average_last: recompute BatchNorm statistics on the training split")
-    g.add_argument("--onnx", action="store_true",
-                   help="export --resume to ONNX (dynamic batch, class names and preprocessing as metadata) and "
-                        "check it with ONNX Runtime on real images")
-    g.add_argument("--int8", action="store_true",
-                   help="with --onnx: also write a dynamically quantised int8 model and report its val accuracy")
-    g = p.add_argument_group("knowledge distillation, K-fold and repeats")
-    g.add_argument("--kfold", type=int, default=d.kfold, metavar="K",
-                   help="train on K-1 folds of a stratified K-fold split of train (fixed by --seed) and validate on "
-                        "fold --fold; a val/ folder is not used")
-    g.add_argument("--fold", type=int, default=d.fold, metavar="I", help="with --kfold: the held-out fold, 0..K-1")
-    g.add_argument("--repeat", type=int, default=d.repeat, metavar="N",
-                   help="train N runs with seeds --seed .. --seed+N-1 (NAME/seedS) and write a mean / std / 95%% "
-                        "confidence interval report of their test and val top-1")
-    g.add_argument("--knowledge", default=d.knowledge, choices=["train", "val", "test"],
-                   help="predict this split with the teacher --resume and write its class probabilities to "
-                        "DATA/distill.txt (or --output) and the one-hot labels to label.txt beside it")
+
+
+def _distillation_flags(p: argparse.ArgumentParser, d: Config) -> None:
+    g = p.add_argument_group("distillation and curriculum (training with a teacher or per-image weights)")
     g.add_argument("--distill", action="store_true",
                    help="train with the teacher probabilities of every DATA/distill*.txt (averaged): loss = "
                         "alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * criterion(labels)")
@@ -380,21 +393,136 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher_ckpt", default=d.teacher_ckpt, metavar="PATH",
                    help="online distillation: the teacher's weights (our checkpoint or a state dict); the teacher "
                         "runs in eval mode on every training batch, unwrapped (no DDP)")
-    g = p.add_argument_group("curriculum learning")
-    g.add_argument("--make_curriculum", action="store_true",
-                   help="score every training image with --resume (probability of its true class), assign stages by "
-                        "--curriculum_thresholds and write DATA/curriculum.txt (or --output)")
-    g.add_argument("--curriculum_thresholds", type=float, nargs="+", default=d.curriculum_thresholds,
-                   metavar="P", help="descending true-class probabilities: stage 0 (easiest) has p >= the first, "
-                                     "stage 1 p >= the second, ..., the last stage the rest")
-    g.add_argument("--curriculum_weights", type=float, nargs="+", default=d.curriculum_weights, metavar="W",
-                   help="loss weight of each stage, one more than --curriculum_thresholds")
     g.add_argument("--curriculum_learning", action="store_true",
                    help="weight each training image's loss by its weight in DATA/curriculum.txt")
     g.add_argument("--curriculum_pacing", type=int, nargs="+", default=d.curriculum_pacing, metavar="EPOCH",
                    help="with --curriculum_learning: the epoch (0-based) at which each stage after the first "
                         "enters; before it the stage's images have weight 0")
-    g = p.add_argument_group("CAM visualisation")
+    g.add_argument("--curriculum_thresholds", type=float, nargs="+", default=d.curriculum_thresholds,
+                   metavar="P", help="--make_curriculum: descending true-class probabilities: stage 0 (easiest) has "
+                                     "p >= the first, stage 1 p >= the second, ..., the last stage the rest")
+    g.add_argument("--curriculum_weights", type=float, nargs="+", default=d.curriculum_weights, metavar="W",
+                   help="--make_curriculum: loss weight of each stage, one more than --curriculum_thresholds")
+
+
+def _bookkeeping_flags(p: argparse.ArgumentParser, d: Config) -> None:
+    g = p.add_argument_group("bookkeeping")
+    g.add_argument("--checkpoint_dir", default=d.checkpoint_dir, help="runs are saved in CHECKPOINT_DIR/NAME/")
+    g.add_argument("--log_dir", default=d.log_dir, help="TensorBoard runs go to LOG_DIR/NAME/")
+    g.add_argument("--name", default=d.name, help="run name (default: MODEL-YYYYmmdd-HHMMSS)")
+    g.add_argument("--log_interval", type=_positive_int, default=d.log_interval,
+                   help="steps between progress updates")
+    g.add_argument("--keep_epochs", type=_non_negative_int, default=d.keep_epochs, metavar="K",
+                   help="also keep the checkpoints of the last K epochs as epoch_NNN.pth (for --average_last)")
+
+
+RECIPE_GROUPS = (_data_flags, _model_flags, _optimisation_flags, _schedule_flags, _loss_flags, _augmentation_flags,
+                 _tricks_flags, _distillation_flags, _bookkeeping_flags)
+
+
+# --- how to run, and the jobs: runtime flags, never taken from a checkpoint ----------------------------------------
+
+
+def _running_flags(g) -> None:
+    d = Config()
+    g.add_argument("--resume", nargs="+", default=d.resume, metavar="CKPT",
+                   help="checkpoint: continue training, or the model of a job below; --predict takes several "
+                        "(checkpoints or exported .pt / .onnx files) and averages their probabilities")
+    g.add_argument("--output", default=d.output, help="output path of a job (export file, report folder, ...)")
+    g.add_argument("--split", default=d.split, help="split for --evaluation (and --onnx --int8 scoring): train, val "
+                                                    "or test")
+    g.add_argument("--tta", nargs="?", const="flip", default=d.tta, metavar="GROUP[,GROUP...]",
+                   help="--evaluation / --predict: test-time augmentation, class probabilities averaged over the "
+                        "views: flip (mirror, 2 views; what a bare --tta means), crop (5 crops shifted by 1/16 of "
+                        "the side), scale (0.875x, 1x, 1.125x); groups multiply")
+    g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
+    g.add_argument("-j", "--workers", type=_non_negative_int, default=d.workers,
+                   help="data loading workers per process")
+    g.add_argument("--decode", choices=["loader", "device"], default=d.decode,
+                   help="where images are decoded: loader (OpenCV in the loader workers) or device (workers only read "
+                        "the files; the training process decodes each batch's JPEGs on --device, batched nvjpeg on "
+                        "CUDA, and letterboxes them there; other formats still decode in the workers). device "
+                        "supports --aug basic only and not --cache_images")
+    g.add_argument("--stop_epoch", type=_positive_int, default=d.stop_epoch,
+                   help="stop after this many epochs without changing the schedule; continue with --resume")
+    g.add_argument("--config", default=d.config, metavar="FILE.yaml",
+                   help="defaults from a YAML file (keys are flag names, e.g. a run's config.yaml); flags typed on "
+                        "the command line win")
+    g.add_argument("--print_config", action="store_true",
+                   help="print the resolved config (defaults, --config, a --resume checkpoint's recipe, typed flags) "
+                        "as YAML and exit")
+    g.add_argument("--debug", action="store_true", help="show the traceback of an error, not just its one line")
+
+
+def _evaluation_flags(g) -> None:
+    g.add_argument("--evaluation", action="store_true", help="evaluate --resume on --split and write a report")
+
+
+def _export_flags(g) -> None:
+    g.add_argument("--jit", action="store_true", help="export --resume to TorchScript (traced, frozen)")
+
+
+def _onnx_flags(g) -> None:
+    g.add_argument("--onnx", action="store_true",
+                   help="export --resume to ONNX (dynamic batch, class names and preprocessing as metadata) and "
+                        "check it with ONNX Runtime on real images")
+    g.add_argument("--int8", action="store_true",
+                   help="also write a dynamically quantised int8 model and report its val accuracy")
+
+
+def _predict_flags(g) -> None:
+    d = Config()
+    g.add_argument("--predict", default=d.predict, metavar="DIR_OR_CSV",
+                   help="write a submission CSV (filename,label) for the images of a folder or a CSV list, with "
+                        "--resume CKPT [CKPT ...] (an ensemble), optional --tta and --probabilities")
+    g.add_argument("--ensemble_weights", type=float, nargs="+", default=d.ensemble_weights, metavar="W",
+                   help="one weight per --resume model for the probability average (default: equal)")
+    g.add_argument("--probabilities", action="store_true",
+                   help="add one probability column per class to the submission CSV")
+
+
+def _average_flags(g) -> None:
+    d = Config()
+    g.add_argument("--average_last", type=int, default=d.average_last, metavar="K",
+                   help="average the weights of the last K epoch checkpoints of the run of --resume (written with "
+                        "--keep_epochs) into one checkpoint")
+    g.add_argument("--average", nargs="+", default=d.average, metavar="CKPT",
+                   help="average the weights of these checkpoints (same model) into one checkpoint")
+    g.add_argument("--update_bn", action="store_true",
+                   help="recompute BatchNorm statistics of the average on the training split")
+
+
+def _aug_preview_flags(g) -> None:
+    g.add_argument("--aug_preview", type=int, default=None, metavar="N",
+                   help="write a PNG grid of N augmented train samples (with mixes and multi-scale when set) to "
+                        "--output or CHECKPOINT_DIR/NAME/aug_preview.png and exit without training")
+
+
+def _lr_find_flags(g) -> None:
+    d = Config()
+    g.add_argument("--lr_find", action="store_true",
+                   help="lr finder: exponential lr sweep on the train data, writes lr_find.png/.csv to --output "
+                        "(default CHECKPOINT_DIR/NAME/), prints the suggested lr; trains and saves no model")
+    g.add_argument("--lr_find_start", type=float, default=d.lr_find_start, help="first lr of the sweep")
+    g.add_argument("--lr_find_end", type=float, default=d.lr_find_end, help="last lr of the sweep")
+    g.add_argument("--lr_find_steps", type=int, default=d.lr_find_steps,
+                   help="iterations of the sweep (it stops early once the loss exceeds 4x its minimum)")
+
+
+def _knowledge_flags(g) -> None:
+    g.add_argument("--knowledge", default=None, choices=["train", "val", "test"],
+                   help="predict this split with the teacher --resume and write its class probabilities to "
+                        "DATA/distill.txt (or --output) and the one-hot labels to label.txt beside it")
+
+
+def _curriculum_flags(g) -> None:
+    g.add_argument("--make_curriculum", action="store_true",
+                   help="score every training image with --resume (probability of its true class), assign stages by "
+                        "--curriculum_thresholds and write DATA/curriculum.txt (or --output)")
+
+
+def _visual_flags(g) -> None:
+    d = Config()
     g.add_argument("--visual_data", default=d.visual_data, metavar="DIR_OR_SPLIT",
                    help="draw class activation maps of --resume for a split (train/val/test) or a folder of images")
     g.add_argument("--visual_method", default=d.visual_method, choices=["cam", "grad-cam", "grad-cam++", "grad-camm++"],
@@ -402,9 +530,64 @@ def build_parser() -> argparse.ArgumentParser:
                         "main seed's spelling of grad-cam++)")
     g.add_argument("--target_layer", default=d.target_layer, metavar="MODULE",
                    help="module whose feature map is explained (default: the last one with a spatial map)")
-    g.add_argument("--visual_limit", type=int, default=d.visual_limit, metavar="N",
-                   help="at most N images for --visual_data (the first N of the split or folder)")
-    return p
+    g.add_argument("--visual_limit", type=_positive_int, default=d.visual_limit, metavar="N",
+                   help="at most N images (the first N of the split or folder)")
+
+
+def _repeat_flags(g) -> None:
+    g.add_argument("--repeat", type=int, default=None, metavar="N",
+                   help="train N runs with seeds --seed .. --seed+N-1 (NAME/seedS) and write a mean / std / 95%% "
+                        "confidence interval report of their test and val top-1")
+
+
+# (title, job name, the flags that choose the job, the function adding its flags); main.py maps names to applications
+JOB_GROUPS = (
+    ("running (any job)", None, (), _running_flags),
+    ("evaluate: --evaluation --resume CKPT", "evaluate", ("evaluation",), _evaluation_flags),
+    ("export to TorchScript: --jit --resume CKPT", "export_jit", ("jit",), _export_flags),
+    ("export to ONNX: --onnx --resume CKPT", "export_onnx", ("onnx",), _onnx_flags),
+    ("predict: --predict DIR_OR_CSV --resume CKPT [CKPT ...]", "predict", ("predict",), _predict_flags),
+    ("average weights: --average A B ... | --average_last K --resume RUN/last.pth", "average",
+     ("average", "average_last"), _average_flags),
+    ("preview augmentations: --aug_preview N", "aug_preview", ("aug_preview",), _aug_preview_flags),
+    ("lr finder: --lr_find", "lr_find", ("lr_find",), _lr_find_flags),
+    ("teacher knowledge: --knowledge SPLIT --resume TEACHER", "knowledge", ("knowledge",), _knowledge_flags),
+    ("curriculum: --make_curriculum --resume CKPT", "curriculum", ("make_curriculum",), _curriculum_flags),
+    ("class activation maps: --visual_data SPLIT_OR_DIR --resume CKPT", "visualize", ("visual_data",),
+     _visual_flags),
+    ("repeat with seeds: --repeat N", "repeat", ("repeat",), _repeat_flags),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser: recipe groups, then one group per job (``--help`` lists them in that order)."""
+    return parser_and_jobs()[0]
+
+
+def parser_and_jobs() -> tuple[argparse.ArgumentParser, list[JobGroup]]:
+    """The parser and the jobs' flag groups."""
+    d = Config()
+    p = _Parser(description="Train, evaluate and export image classifiers (python main.py or torchrun main.py). "
+                            "Without a job flag, main.py trains.",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for add in RECIPE_GROUPS:
+        add(p, d)
+    jobs = []
+    for title, name, selectors, add in JOB_GROUPS:
+        g = p.add_argument_group(title)
+        add(g)
+        jobs.append(JobGroup(title, name, selectors, tuple(a.dest for a in g._group_actions)))
+    return p, jobs
+
+
+_JOBS = parser_and_jobs()[1]
+# Options that describe how to run, not what was trained: on resume they come from the command line.
+RUNTIME_FLAGS = frozenset(dest for job in _JOBS for dest in job.dests)
+# What a run's config.yaml leaves out: the choice of job and its inputs, which --config must not turn on, and the
+# run's name (the folder it sits in), so that --config FILE starts a new run instead of writing over that one.
+NOT_IN_CONFIG_YAML = (RUNTIME_FLAGS - {"device", "workers", "decode"}) | {"stop_epoch", "name"}
+# Options shared by some jobs but not all: each names the jobs it serves (checked by check_job_flags).
+SHARED_FLAGS = {"tta": ("evaluate", "predict"), "split": ("evaluate", "export_onnx", "export_jit")}
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
@@ -425,9 +608,87 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> s
     return set(vars(probe.parse_known_args(argv)[0]))
 
 
+def read_config_yaml(path: str, parser: argparse.ArgumentParser) -> dict:
+    """Flag defaults from a YAML mapping of flag names (a run's config.yaml works); unknown keys are refused."""
+    import difflib
+
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) or {}
+    except FileNotFoundError:
+        raise FlagError(f"--config {path}: no such file") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise FlagError(f"--config {path}: not a readable YAML file ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise FlagError(f"--config {path}: expected a mapping of flag names to values, got {type(values).__name__}")
+    known = {a.dest for a in parser._actions if a.option_strings} - {"help", "config", "print_config"}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise FlagError(f"--config {path}: unknown key {key!r}{hint}")
+    return values
+
+
+def write_config_yaml(cfg: Config, path: str | Path) -> None:
+    """The resolved config as YAML (readable by --config), written atomically."""
+    from utils.checkpoint import atomic_write
+
+    text = config_yaml(cfg).encode("utf-8")
+    atomic_write(path, lambda handle: handle.write(text))
+
+
+def config_yaml(cfg: Config) -> str:
+    import yaml
+
+    values = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_CONFIG_YAML}
+    return yaml.safe_dump(values, sort_keys=False, default_flow_style=None, width=120)
+
+
 def parse_config(argv: list[str] | None = None) -> tuple[Config, set[str]]:
-    parser = build_parser()
+    """The config from defaults, --config FILE.yaml and the typed flags; and the names of the flags set explicitly
+    (typed or in the YAML file), which a resumed run takes over the checkpoint's values."""
+    parser, jobs = parser_and_jobs()
     args = parser.parse_args(argv)
+    explicit = explicit_flags(parser, argv)
+    if args.config:
+        values = read_config_yaml(args.config, parser)
+        parser.set_defaults(**values)
+        args = parser.parse_args(argv)
+        explicit |= set(values)
     if isinstance(args.resume, list) and len(args.resume) == 1:
-        args.resume = args.resume[0]  # one checkpoint, as every application but --predict takes
-    return Config(**vars(args)), explicit_flags(parser, argv)
+        args.resume = args.resume[0]  # one checkpoint, as every job but --predict takes
+    cfg = Config(**vars(args))
+    check_job_flags(cfg, explicit, jobs)
+    return cfg, explicit
+
+
+def chosen_jobs(cfg: Config, jobs: list[JobGroup] | None = None) -> list[JobGroup]:
+    """The jobs the flags choose (none: training)."""
+    jobs = jobs if jobs is not None else _JOBS
+    return [job for job in jobs if job.name and job.chosen_by(cfg)]
+
+
+def check_job_flags(cfg: Config, explicit: set[str], jobs: list[JobGroup]) -> None:
+    """At most one job; a job's own flags only with it; --resume with several files only for --predict."""
+    chosen = chosen_jobs(cfg, jobs)
+    if len(chosen) > 1:
+        raise FlagError(f"choose one job; got {', '.join(job.flag for job in chosen)}")
+    names = {job.name for job in chosen}
+    for job in jobs:
+        if job.name is None or job.name in names:
+            continue
+        for dest in sorted(set(job.dests) & explicit):
+            raise FlagError(f"{_flag_name(dest)} belongs to {job.flag}; add {job.flag} or drop {_flag_name(dest)}")
+    by_name = {job.name: job for job in jobs}
+    for dest, owners in SHARED_FLAGS.items():
+        if dest in explicit and not names & set(owners):
+            raise FlagError(f"{_flag_name(dest)} is used by {' and '.join(by_name[o].flag for o in owners)} only")
+    if isinstance(cfg.resume, list) and names != {"predict"}:
+        raise FlagError(f"--resume got {len(cfg.resume)} files; only --predict takes several (an ensemble)")
+
+
+def _flag_name(dest: str) -> str:
+    return "--" + dest

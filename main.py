@@ -1,7 +1,8 @@
-"""Entry point: parse flags and dispatch to one application.
+"""Entry point: parse flags, dispatch to one application, and turn a user's mistake into one line.
 
     python main.py --data data/digits                       # train (a world of one)
     torchrun --nproc_per_node 2 main.py --data data/digits  # train with DDP
+    python main.py --config recipe.yaml --epochs 30          # defaults from a YAML file, typed flags win
     python main.py --evaluation --resume checkpoints/RUN/best.pth
     python main.py --jit --resume checkpoints/RUN/best.pth
     python main.py --onnx --resume checkpoints/RUN/best.pth [--int8]    # ONNX + ONNX Runtime parity check
@@ -13,55 +14,84 @@
     python main.py --make_curriculum --resume RUN/best.pth       # DATA/curriculum.txt for --curriculum_learning
     python main.py --visual_data val --resume RUN/best.pth --visual_method grad-cam   # CAM overlays + index.html
     python main.py --data data/digits --repeat 3                 # 3 seeds: mean, std, 95% confidence interval
+    python main.py --print_config --resume RUN/best.pth          # the resolved config as YAML
+
+Each application module has ``check(cfg)`` (its cross-flag rules, before any work) and ``run(cfg, explicit)``.
 """
 from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable
-from typing import NamedTuple
 
-from config import Config, parse_config
+from config import Config, FlagError, chosen_jobs, config_yaml, parse_config
+from utils.errors import DATA_EXIT, USAGE_EXIT, DataError
+
+APPLICATIONS = {  # job name (config.JOB_GROUPS) -> module; imported only when chosen
+    None: "applications.train",
+    "evaluate": "applications.evaluate",
+    "export_jit": "applications.export",
+    "export_onnx": "applications.export_onnx",
+    "predict": "applications.predict",
+    "average": "applications.average",
+    "aug_preview": "applications.aug_preview",
+    "lr_find": "applications.lr_find",
+    "knowledge": "applications.knowledge",
+    "curriculum": "applications.curriculum",
+    "visualize": "applications.visualize",
+    "repeat": "applications.repeat",
+}
 
 
-class Application(NamedTuple):
-    flag: str  # as the user types it, for the error when two are chosen
-    chosen: Callable[[Config], object]
-    module: str
-    function: str  # module.function(cfg, explicit) runs it
+def run(cfg: Config, explicit: set[str]) -> object:
+    """Run the job the flags choose (training without one)."""
+    jobs = chosen_jobs(cfg)
+    application = importlib.import_module(APPLICATIONS[jobs[0].name if jobs else None])
+    application.check(cfg)
+    return application.run(cfg, explicit)
 
 
-APPLICATIONS = [  # without any of these, main.py trains (applications.train.train)
-    Application("--evaluation", lambda c: c.evaluation, "applications.evaluate", "evaluate"),
-    Application("--jit", lambda c: c.jit, "applications.export", "export_jit"),
-    Application("--onnx", lambda c: c.onnx, "applications.export_onnx", "export_onnx"),
-    Application("--predict", lambda c: c.predict, "applications.predict", "predict_submission"),
-    Application("--average_last / --average", lambda c: c.average_last is not None or c.average,
-                "applications.average", "average_checkpoints"),
-    Application("--aug_preview", lambda c: c.aug_preview is not None, "applications.aug_preview", "aug_preview"),
-    Application("--lr_find", lambda c: c.lr_find, "applications.lr_find", "lr_find"),
-    Application("--knowledge", lambda c: c.knowledge, "applications.knowledge", "dump_knowledge"),
-    Application("--make_curriculum", lambda c: c.make_curriculum, "applications.curriculum", "make_curriculum"),
-    Application("--visual_data", lambda c: c.visual_data, "applications.visualize", "visualize"),
-    Application("--repeat", lambda c: c.repeat is not None, "applications.repeat", "repeat_runs"),
-]
-TRAIN = Application("(training)", lambda c: True, "applications.train", "train")
+def print_config(cfg: Config, explicit: set[str]) -> None:
+    if cfg.resume and isinstance(cfg.resume, str):
+        from engine.job import resolve_config
+
+        cfg, _ = resolve_config(cfg, explicit)
+    print(config_yaml(cfg), end="")
+
+
+def exit_code(error: BaseException) -> int | None:
+    """The exit code of a user's mistake, or None for an error that is a bug (it keeps its traceback)."""
+    from dataloader.preprocess import ImageDecodeError
+
+    if isinstance(error, (DataError, ImageDecodeError)):
+        return DATA_EXIT
+    if isinstance(error, (FlagError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                          ImportError)):
+        return USAGE_EXIT
+    return None
+
+
+def run_command(argv: list[str] | None = None) -> object:
+    """Parse ``argv`` and run it; errors propagate (what tests and other Python callers use)."""
+    cfg, explicit = parse_config(argv)
+    if cfg.print_config:
+        return print_config(cfg, explicit)
+    return run(cfg, explicit)
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg, explicit = parse_config(argv)
-    chosen = [app for app in APPLICATIONS if app.chosen(cfg)]
-    if len(chosen) > 1:
-        sys.exit(f"choose one of {', '.join(app.flag for app in APPLICATIONS)}; got "
-                 f"{', '.join(app.flag for app in chosen)}")
-    if cfg.tta and not (cfg.evaluation or cfg.predict):
-        sys.exit("--tta is test-time augmentation: use it with --evaluation or --predict")
-    if isinstance(cfg.resume, list) and not cfg.predict:
-        sys.exit(f"--resume got {len(cfg.resume)} files; only --predict takes several (an ensemble)")
-    if cfg.int8 and not cfg.onnx:
-        sys.exit("--int8 quantises the ONNX export: use it with --onnx --resume CKPT")
-    app = chosen[0] if chosen else TRAIN
-    getattr(importlib.import_module(app.module), app.function)(cfg, explicit)  # imported only when chosen
+    """The command line: ``run_command``, with a user's mistake printed as one ``error: ...`` line."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        run_command(argv)
+    except Exception as error:  # noqa: BLE001 - a user's mistake becomes one line; a bug keeps its traceback
+        code = exit_code(error)
+        if code is None or debug:
+            raise
+        from utils.logger import record_failure
+
+        record_failure(error)  # the run's log (when it has one) keeps the traceback
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

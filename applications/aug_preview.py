@@ -16,9 +16,12 @@ import cv2
 import numpy as np
 import torch
 
-from applications.common import batch_augment_of, preprocessing_of, resolve_config, seed_everything, to_model_input
 from config import Config
-from dataloader import build_datasets, build_loader
+from dataloader import build_loader
+from engine.components import batch_augment_of, datasets_of, preprocessing_of
+from engine.device import to_model_input
+from engine.job import open_job, seed_everything
+from utils.errors import UsageError
 
 MIN_TILE = 96  # pixels: small inputs (digits are 32x32) are enlarged until a tile is at least this big
 CAPTION_LINE = 14  # pixels per caption line under a tile
@@ -26,25 +29,28 @@ GAP = 2  # pixels between tiles
 FONT, FONT_SCALE = cv2.FONT_HERSHEY_SIMPLEX, 0.35
 
 
-def aug_preview(cfg: Config, explicit: set[str]) -> Path:
-    """Write the preview PNG for `cfg` (a `--resume` checkpoint's recipe when given), print and return its path."""
-    cfg, _ = resolve_config(cfg, explicit)
+def check(cfg: Config) -> None:
     if cfg.aug_preview is None or cfg.aug_preview <= 0:
-        raise ValueError(f"--aug_preview needs a positive number of samples, got {cfg.aug_preview}")
-    seed_everything(cfg.seed)
-    splits = build_datasets(cfg.data, image_size=tuple(cfg.image_size), aug=cfg.aug, val_ratio=cfg.val_ratio,
-                            seed=cfg.seed)
-    cfg.num_classes = len(splits.class_names)
-    rows = augmented_rows(cfg, splits.train, cfg.aug_preview)
-    grid = draw_grid(rows, splits.class_names, zoom=tile_zoom(cfg.image_size), size_line=cfg.multi_scale)
-    name = cfg.name or "aug_preview"
-    path = Path(cfg.output) if cfg.output else Path(cfg.checkpoint_dir) / name / "aug_preview.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}; give --output a .png path in a writable directory")
-    print(f"wrote {sum(len(r[0]) for r in rows)} train samples (--aug {cfg.aug}; "
-          f"{batch_augment_of(cfg, 0).describe()}) to {path}")
-    return path
+        raise UsageError(f"--aug_preview needs a positive number of samples, got {cfg.aug_preview}")
+
+
+def run(cfg: Config, explicit: set[str]) -> Path:
+    """Write the preview PNG for `cfg` (a `--resume` checkpoint's recipe when given), print and return its path."""
+    with open_job(cfg, explicit, device="cpu") as job:
+        cfg = job.cfg
+        seed_everything(cfg.seed)
+        splits = datasets_of(cfg)
+        cfg.num_classes = len(splits.class_names)
+        rows = augmented_rows(cfg, splits.train, cfg.aug_preview)
+        grid = draw_grid(rows, splits.class_names, zoom=tile_zoom(cfg.image_size), size_line=cfg.multi_scale)
+        name = cfg.name or "aug_preview"
+        path = Path(cfg.output) if cfg.output else Path(cfg.checkpoint_dir) / name / "aug_preview.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+            raise UsageError(f"could not write {path}; give --output a .png path in a writable directory")
+        print(f"wrote {sum(len(r[0]) for r in rows)} train samples (--aug {cfg.aug}; "
+              f"{batch_augment_of(cfg, 0).describe()}) to {path}")
+        return path
 
 
 def grid_columns(n: int) -> int:
@@ -58,6 +64,7 @@ def tile_zoom(image_size: list[int] | tuple[int, int]) -> int:
 def augmented_rows(cfg: Config, dataset, n: int) -> list[tuple[np.ndarray, torch.Tensor]]:
     """Up to `n` samples as rows of (uint8 NHWC images, targets): one row per step, batch transform applied."""
     cols = grid_columns(n)
+    # deliberately unsharded (not engine's loader_for): the preview shows epoch 0 as a world of one draws it
     loader = build_loader(dataset, batch_size=cols, workers=0, train=True, seed=cfg.seed, balance=cfg.balance)
     loader.sampler.set_epoch(0)
     preprocessing = preprocessing_of(cfg)

@@ -8,20 +8,19 @@ The result is a normal checkpoint: ``--evaluation``, ``--predict``, ``--jit`` an
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
 
-from applications.common import (autocast, model_from_checkpoint, preprocessing_of, resolve_config, split_dataset_of,
-                                 to_model_input)
 from config import Config
-from dataloader import build_loader
+from engine.components import loader_for, model_from_checkpoint, preprocessing_of, split_dataset_of
+from engine.device import autocast, to_model_input
+from engine.job import open_job, resolve_config
 from optim.averaging import update_bn
-from utils.checkpoint import epoch_checkpoints, load_checkpoint, save_checkpoint
-from utils.distributed import average_buffers, cleanup_distributed, init_distributed
+from utils.checkpoint import Checkpoint, epoch_checkpoints, load_checkpoint, save_checkpoint
+from utils.distributed import average_buffers
+from utils.errors import UsageError
 from utils.hardware import choose_amp
-from utils.logger import setup_logging
 
 
 def average_state_dicts(states: list[dict[str, torch.Tensor]], names: list[str]) -> dict[str, torch.Tensor]:
@@ -51,13 +50,13 @@ def checkpoints_to_average(cfg: Config) -> tuple[list[Path], Path]:
     if cfg.average:
         paths = [Path(p) for p in cfg.average]
         if len(paths) < 2:
-            raise ValueError("--average needs at least two checkpoints")
+            raise UsageError("--average needs at least two checkpoints")
         return paths, paths[0].parent / "average.pth"
     k = cfg.average_last
     if k is None or k < 2:
-        raise ValueError(f"--average_last needs K >= 2 epoch checkpoints to average, got {k}")
+        raise UsageError(f"--average_last needs K >= 2 epoch checkpoints to average, got {k}")
     if not cfg.resume or isinstance(cfg.resume, list):
-        raise ValueError("--average_last K needs --resume RUN/last.pth (or the run folder) to find the run")
+        raise UsageError("--average_last K needs --resume RUN/last.pth (or the run folder) to find the run")
     run_dir = Path(cfg.resume)
     run_dir = run_dir if run_dir.is_dir() else run_dir.parent
     found = epoch_checkpoints(run_dir) if run_dir.is_dir() else []
@@ -68,47 +67,47 @@ def checkpoints_to_average(cfg: Config) -> tuple[list[Path], Path]:
     return found[-k:], run_dir / f"average_last{k}.pth"
 
 
-def average_checkpoints(cfg: Config, explicit: set[str]) -> Path:
+def check(cfg: Config) -> None:
+    checkpoints_to_average(cfg)
+
+
+def run(cfg: Config, explicit: set[str]) -> Path:
     """Average, optionally recompute BatchNorm statistics, save; returns the written path."""
-    info = init_distributed(cfg.device)
-    try:
-        log = setup_logging(None, info.is_main)
-        paths, default_out = checkpoints_to_average(cfg)
-        ckpts = [load_checkpoint(p) for p in paths]
+    paths, default_out = checkpoints_to_average(cfg)
+    with open_job(cfg, explicit, checkpoint="none") as job:
+        info, log = job.info, job.log
+        ckpts = [load_checkpoint(p, flag="--average" if cfg.average else "--average_last") for p in paths]
         names = [str(p) for p in paths]
         for ckpt, name in zip(ckpts[1:], names[1:]):
-            if ckpt["config"]["model"] != ckpts[0]["config"]["model"] or ckpt["class_names"] != ckpts[0]["class_names"]:
-                raise ValueError(f"{name} ({ckpt['config']['model']}) and {names[0]} "
-                                 f"({ckpts[0]['config']['model']}) are not the same model and classes")
-        averaged = average_state_dicts([c["model"] for c in ckpts], names)
+            if ckpt.config["model"] != ckpts[0].config["model"] or ckpt.class_names != ckpts[0].class_names:
+                raise UsageError(f"{name} ({ckpt.config['model']}) and {names[0]} ({ckpts[0].config['model']}) are "
+                                 "not the same model and classes; average checkpoints of one run")
+        averaged = average_state_dicts([c.model for c in ckpts], names)
         # the last checkpoint's config, with the flags typed now (data, batch size, device for --update_bn)
-        cfg, base = resolve_config(dataclasses.replace(cfg, resume=str(paths[-1])), explicit)
+        cfg, base = resolve_config(cfg, explicit, path=str(paths[-1]))
         out_path = Path(cfg.output) if cfg.output else default_out
         if cfg.update_bn:
             averaged = recompute_bn(averaged, base, cfg, explicit, info, log)
         if info.is_main:
-            state = {**base, "model": averaged, "train_model": base.get("train_model", base["model"]),
-                     "weights": f"average of {len(paths)} checkpoints", "averaged_from": names,
-                     "bn_updated": bool(cfg.update_bn)}
+            state = base.replace(model=averaged, train_model=base.resume_weights,
+                                 weights=f"average of {len(paths)} checkpoints", averaged_from=names,
+                                 bn_updated=bool(cfg.update_bn))
             save_checkpoint(state, out_path)
             log.info("averaged %d checkpoints (%s) into %s%s", len(paths), ", ".join(p.name for p in paths),
                      out_path, "; BatchNorm statistics recomputed on the train split" if cfg.update_bn else "")
         return out_path
-    finally:
-        cleanup_distributed()
 
 
-def recompute_bn(weights: dict[str, torch.Tensor], ckpt: dict, cfg: Config, explicit: set[str], info,
+def recompute_bn(weights: dict[str, torch.Tensor], ckpt: Checkpoint, cfg: Config, explicit: set[str], info,
                  log) -> dict[str, torch.Tensor]:
     """BatchNorm running statistics of ``weights`` recomputed over the train split (no augmentation)."""
     cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, info.device)
-    model = model_from_checkpoint({**ckpt, "model": weights}, cfg, info.device)
+    model = model_from_checkpoint(ckpt, cfg, info.device, weights=weights)
     if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         log.warning("--update_bn: %s has no BatchNorm layers; nothing to recompute", cfg.model)
         return weights
-    dataset = split_dataset_of(cfg, "train", ckpt["class_names"])  # a K-fold run's own K-1 folds
-    loader = build_loader(dataset, batch_size=cfg.batch_size, workers=cfg.workers, train=False, seed=cfg.seed,
-                          rank=info.rank, world_size=info.world_size, pin_memory=info.device.type == "cuda")
+    dataset = split_dataset_of(cfg, "train", ckpt.class_names)  # a K-fold run's own K-1 folds
+    loader = loader_for(dataset, cfg, info)
     preprocessing = preprocessing_of(cfg)
     batches = (to_model_input(images, preprocessing, info.device, cfg.channels_last) for images, _, _ in loader)
     with autocast(cfg, info.device):

@@ -15,78 +15,60 @@ from __future__ import annotations
 
 import csv
 import math
-import time
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from applications.common import (autocast, criterion_from_config, model_options, optimizer_from_config,
-                                 preprocessing_of, run_dir, seed_everything, to_model_input)
 from config import Config
-from dataloader import build_datasets, build_loader
-from models import build_model
-from utils.distributed import DistInfo, broadcast_object, cleanup_distributed, init_distributed, reduce_sum, wrap_ddp
-from utils.hardware import choose_amp
-from utils.logger import setup_logging
+from engine.components import preprocessing_of
+from engine.device import autocast, to_model_input
+from engine.job import default_run_name, open_job, run_dir
+from engine.training import build_training_run, check_recipe
+from utils.distributed import DistInfo, reduce_sum
+from utils.errors import UsageError
 
 SMOOTHING = 0.98  # fastai's beta for the loss average
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this many times its minimum
 
 
-def lr_find(cfg: Config, explicit: set[str]) -> dict:
-    """Run the sweep per ``cfg``; returns the lrs, losses and suggestions (identical on every rank)."""
-    info = init_distributed(cfg.device)
-    try:
-        return _lr_find(cfg, info)
-    finally:
-        cleanup_distributed()
-
-
-def _lr_find(cfg: Config, info: DistInfo) -> dict:
+def check(cfg: Config) -> None:
+    check_recipe(cfg)
     if cfg.resume:
-        raise ValueError("--lr_find starts from fresh (or --pretrained) weights and trains nothing to resume; "
+        raise UsageError("--lr_find starts from fresh (or --pretrained) weights and trains nothing to resume; "
                          "drop --resume and pass the recipe's flags")
-    lrs = sweep_lrs(cfg.lr_find_start, cfg.lr_find_end, cfg.lr_find_steps)
-    if cfg.name is None:
-        cfg.name = broadcast_object(f"{cfg.model}-lr_find-{time.strftime('%Y%m%d-%H%M%S')}")
-    out_dir = Path(cfg.output) if cfg.output else run_dir(cfg)
-    log = setup_logging(out_dir / "lr_find.log", info.is_main)
-    seed_everything(cfg.seed)
-    splits = build_datasets(cfg.data, image_size=tuple(cfg.image_size), aug=cfg.aug, val_ratio=cfg.val_ratio,
-                            seed=cfg.seed)
-    cfg.num_classes = len(splits.class_names)
-    loader = build_loader(splits.train, train=True, balance=cfg.balance, batch_size=cfg.batch_size,
-                          workers=cfg.workers, seed=cfg.seed, rank=info.rank, world_size=info.world_size,
-                          pin_memory=info.device.type == "cuda")
-    model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, prior_bias=cfg.prior_bias,
-                        **model_options(cfg)).to(info.device)
-    cfg.amp, cfg.channels_last = choose_amp(cfg.amp, info.device), bool(cfg.channels_last)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = optimizer_from_config(cfg, model, world_size=info.world_size)
-    criterion = criterion_from_config(cfg, class_names=splits.class_names, train_targets=splits.train.targets)
-    criterion = criterion.to(info.device)
-    log.info("lr finder: %s, %s, lr %.1e to %.1e over %d steps, world size %d", cfg.model, cfg.optimizer,
-             lrs[0], lrs[-1], len(lrs), info.world_size)
-    losses = sweep(wrap_ddp(model, info), loader, criterion, optimizer, lrs, cfg, info)
-    lrs, smoothed = lrs[:len(losses)], smooth_losses(losses)
-    result = {"lrs": lrs, "losses": losses, "smoothed": smoothed, **suggest_lr(lrs, smoothed)}
-    if info.is_main:
-        write_csv(out_dir / "lr_find.csv", lrs, losses, smoothed)
-        plot_lr_find(out_dir / "lr_find.png", result)
-    log.info("lr finder: %d of %d steps%s; suggested lr %.2e (steepest descent of the smoothed loss), "
-             "%.2e (minimum / 10); plot %s", len(losses), cfg.lr_find_steps,
-             " (stopped: the loss diverged)" if len(losses) < cfg.lr_find_steps else "", result["steepest"],
-             result["min_div10"], out_dir / "lr_find.png")
-    return result
+    sweep_lrs(cfg.lr_find_start, cfg.lr_find_end, cfg.lr_find_steps)
+
+
+def run(cfg: Config, explicit: set[str]) -> dict:
+    """Run the sweep per ``cfg``; returns the lrs, losses and suggestions (identical on every rank)."""
+    with open_job(cfg, explicit, checkpoint="none") as job:
+        cfg, info, log = job.cfg, job.info, job.log
+        lrs = sweep_lrs(cfg.lr_find_start, cfg.lr_find_end, cfg.lr_find_steps)
+        if cfg.name is None:
+            cfg.name = default_run_name(cfg, "lr_find")
+        run = build_training_run(job)  # the recipe's data, model, speed settings, optimizer and loss, as training
+        out_dir = job.start_run_folder(Path(cfg.output) if cfg.output else run_dir(cfg), "lr_find.log")
+        log.info("lr finder: %s, %s, lr %.1e to %.1e over %d steps, world size %d", cfg.model, cfg.optimizer,
+                 lrs[0], lrs[-1], len(lrs), info.world_size)
+        losses = sweep(run.ddp_model, run.train_loader, run.criterion, run.optimizer, lrs, cfg, info)
+        lrs, smoothed = lrs[:len(losses)], smooth_losses(losses)
+        result = {"lrs": lrs, "losses": losses, "smoothed": smoothed, **suggest_lr(lrs, smoothed)}
+        if info.is_main:
+            write_csv(out_dir / "lr_find.csv", lrs, losses, smoothed)
+            plot_lr_find(out_dir / "lr_find.png", result)
+        log.info("lr finder: %d of %d steps%s; suggested lr %.2e (steepest descent of the smoothed loss), "
+                 "%.2e (minimum / 10); plot %s", len(losses), cfg.lr_find_steps,
+                 " (stopped: the loss diverged)" if len(losses) < cfg.lr_find_steps else "", result["steepest"],
+                 result["min_div10"], out_dir / "lr_find.png")
+        return result
 
 
 def sweep_lrs(start: float, end: float, steps: int) -> list[float]:
     """``steps`` learning rates spaced evenly in log space from ``start`` to ``end``."""
     if not 0.0 < start < end or steps < 2:
-        raise ValueError(f"--lr_find needs 0 < --lr_find_start < --lr_find_end and --lr_find_steps >= 2, got "
+        raise UsageError(f"--lr_find needs 0 < --lr_find_start < --lr_find_end and --lr_find_steps >= 2, got "
                          f"{start}, {end}, {steps}")
     return [start * (end / start) ** (i / (steps - 1)) for i in range(steps)]
 

@@ -27,14 +27,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from applications.common import checkpoint_job, model_from_checkpoint, preprocessing_of, split_dataset_of
 from config import Config
-from dataloader import ImageClassificationDataset, build_loader
+from dataloader import ImageClassificationDataset
 from dataloader.datasets import SPLITS, list_inputs
 from dataloader.preprocess import normalize_on_device
+from engine.components import loader_for, model_from_checkpoint, preprocessing_of, split_dataset_of
+from engine.job import open_job
 from models.heads import get_classifier
 from utils.checkpoint import atomic_write
 from utils.distributed import DistInfo, gather_predictions
+from utils.errors import UsageError
 
 METHODS = ("cam", "grad-cam", "grad-cam++")
 ALIASES = {"grad-camm++": "grad-cam++"}  # the main seed's spelling
@@ -44,7 +46,7 @@ TENSORBOARD_IMAGES = 16
 def canonical_method(name: str) -> str:
     name = ALIASES.get(name, name)
     if name not in METHODS:
-        raise ValueError(f"unknown --visual_method {name!r}; choose one of {', '.join(METHODS)}")
+        raise UsageError(f"unknown --visual_method {name!r}; choose one of {', '.join(METHODS)}")
     return name
 
 
@@ -135,15 +137,22 @@ def visual_dataset(cfg: Config, class_names: list[str]) -> tuple[ImageClassifica
     return dataset, folder.name or "images"
 
 
-def visualize(cfg: Config, explicit: set[str]) -> Path:
+MISSING = "--visual_data needs the model to explain: --resume CKPT"
+
+
+def check(cfg: Config) -> None:
+    canonical_method(cfg.visual_method)
+    if cfg.visual_limit < 1:
+        raise UsageError(f"--visual_limit must be >= 1, got {cfg.visual_limit}")
+
+
+def run(cfg: Config, explicit: set[str]) -> Path:
     """Explain the predictions of ``--resume`` on ``--visual_data``; returns the output folder."""
-    missing = "--visual_data needs the model to explain: --resume CKPT"
-    with checkpoint_job(cfg, explicit, missing) as (cfg, ckpt, info, log):
+    with open_job(cfg, explicit, checkpoint="required", missing=MISSING, eval_amp=True) as job:
+        cfg, ckpt, info, log = job.cfg, job.ckpt, job.info, job.log
         method = canonical_method(cfg.visual_method)
-        if cfg.visual_limit < 1:
-            raise ValueError(f"--visual_limit must be >= 1, got {cfg.visual_limit}")
         cfg.channels_last = False  # hooks and the grad-cam package expect plain NCHW maps
-        class_names = ckpt["class_names"]
+        class_names = ckpt.class_names
         model = model_from_checkpoint(ckpt, cfg, info.device)
         dataset, source = visual_dataset(cfg, class_names)
         count = min(cfg.visual_limit, len(dataset))
@@ -167,8 +176,7 @@ def explain(model, layer, method: str, dataset: ImageClassificationDataset, cfg:
             out_dir: Path) -> list[tuple[int, int, int, float, int, int]]:
     """Each rank explains its shard and writes its images; returns (index, true, predicted, probability, peak row,
     peak col) for every image, all-gathered in index order."""
-    loader = build_loader(dataset, batch_size=min(cfg.batch_size, 32), workers=cfg.workers, train=False,
-                          seed=cfg.seed, rank=info.rank, world_size=info.world_size, pin_memory=False)
+    loader = loader_for(dataset, cfg, info, batch_size=min(cfg.batch_size, 32))
     preprocessing = preprocessing_of(cfg)
     ints, confidences = [], []  # per batch: (index, true, predicted, peak row, peak col) and the probability
     for images, labels, idx in loader:

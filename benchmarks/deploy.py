@@ -36,16 +36,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from applications.common import model_from_checkpoint, preprocessing_of, resolve_config  # noqa: E402
-from applications.export import (InferenceModel, compare_outputs, fuse_conv_bn, load_torchscript,  # noqa: E402
-                                 sample_images, save_torchscript)
-from applications.export_onnx import (INT8_OP_TYPES, ort_session, quantize_int8, require_onnx,  # noqa: E402
-                                      run_session, split_top1, write_onnx)
 from benchmarks.common import markdown_table  # noqa: E402
 from config import Config  # noqa: E402
 from dataloader.datasets import is_image_file  # noqa: E402
 from dataloader.preprocess import (IMAGENET_MEAN, IMAGENET_STD, Preprocessing, load_image_tensor,  # noqa: E402
                                    normalize_on_device)
+from engine.components import model_from_checkpoint, preprocessing_of  # noqa: E402
+from engine.export import (InferenceModel, compare_outputs, fuse_conv_bn, load_torchscript,  # noqa: E402
+                           sample_images, save_torchscript)
+from engine.job import resolve_config  # noqa: E402
+from engine.onnx import (INT8_OP_TYPES, ort_session, quantize_int8, require_onnx, run_session,  # noqa: E402
+                         split_top1, write_onnx)
 from models import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,11 +266,11 @@ def checkpoint_subject(path: str) -> Subject:
     """A trained checkpoint as main.py --jit / --onnx load it, with 32 real images of its data set."""
     cfg, ckpt = resolve_config(Config(resume=path), set())
     model = model_from_checkpoint(ckpt, cfg, torch.device("cpu")).eval()
-    images = sample_images(cfg, ckpt["class_names"], count=32)
+    images = sample_images(cfg, ckpt.class_names, count=32)
     height, width = cfg.image_size
     return Subject(model, cfg.model, f"{cfg.model} ({path}) at {height}x{width}", images,
                    f"{images.shape[0]} images of {cfg.data}", preprocessing_of(cfg), cfg.criterion, cfg,
-                   list(ckpt["class_names"]))
+                   list(ckpt.class_names))
 
 
 def target_verdict(fps: dict[str, float], top1: dict[str, float] | None = None) -> str:

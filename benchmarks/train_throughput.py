@@ -4,7 +4,7 @@
 
 Reference: torchvision ImageFolder + PIL (RandomResizedCrop, RandomHorizontalFlip, ToTensor, Normalize), fp32,
 default memory format, ``loss.item()`` every step, as in most tutorials and torchvision's reference script.
-Ours: ``applications.train.train_one_epoch`` fed by our loader (OpenCV decode, letterbox, flip+affine, uint8
+Ours: ``engine.training.train_one_epoch`` fed by our loader (OpenCV decode, letterbox, flip+affine, uint8
 to the device), with the defaults the train application would choose on this hardware (or the flags given).
 Same model, optimizer, images, batch size and workers; each loop runs one untimed warm-up epoch (worker
 start-up, allocator, oneDNN/cuDNN kernel choice, torch.compile) and then timed epochs.
@@ -21,15 +21,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from applications.common import preprocessing_of  # noqa: E402
-from applications.train import choose_speed_settings, train_one_epoch  # noqa: E402
 from benchmarks.common import environment, image_folder, markdown_table  # noqa: E402
 from config import Config  # noqa: E402
-from criterions import build_criterion  # noqa: E402
-from dataloader import build_datasets, build_loader  # noqa: E402
+from engine.job import open_job  # noqa: E402
+from engine.training import build_training_run, train_one_epoch  # noqa: E402
 from models import build_model  # noqa: E402
-from optim import build_optimizer, build_scheduler, param_groups  # noqa: E402
-from utils.distributed import DistInfo  # noqa: E402
 from utils.hardware import describe_hardware  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -64,35 +60,23 @@ def reference_images_per_second(folder: Path, args, device: torch.device) -> flo
 
 
 def our_images_per_second(folder: Path, args, device: torch.device) -> tuple[float, str]:
+    """Our training run as the train job builds it (engine.training.build_training_run), stepped epoch by epoch."""
     cfg = Config(data=str(folder), image_size=[args.size, args.size], batch_size=args.batch, workers=args.workers,
-                 model=args.model, aug=True, amp=args.amp, channels_last=args.channels_last, lr=1e-3,
-                 epochs=args.epochs + 1, warmup=0, cache_images=args.cache_images)
-    info = DistInfo(rank=0, local_rank=0, world_size=1, device=device)
-    splits = build_datasets(cfg.data, image_size=(args.size, args.size), aug=True, val_ratio=0.0, seed=cfg.seed)
-    if cfg.cache_images == "ram":
-        splits.train.cache_in_ram()
-    loader = build_loader(splits.train, batch_size=args.batch, workers=args.workers, train=True, seed=cfg.seed,
-                          pin_memory=device.type == "cuda")
-    model = build_model(cfg.model, num_classes=len(splits.class_names)).to(device)
-    choose_speed_settings(cfg, model, info, logging.getLogger("bench"))
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if args.compile:
-        model = torch.compile(model)
-    optimizer = build_optimizer(param_groups(model, 0.0), "adam", lr=1e-3)
-    scheduler = build_scheduler(optimizer, "step", epochs=cfg.epochs, warmup=0, steps_per_epoch=len(loader))
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
-    criterion = build_criterion("softmax", num_classes=len(splits.class_names))
-    counter = {"epoch": 0}
+                 model=args.model, aug="basic", amp=args.amp, channels_last=args.channels_last, lr=1e-3,
+                 epochs=args.epochs + 1, warmup=0, cache_images=args.cache_images, compile=args.compile,
+                 device=device.type, val_ratio=0.0)
+    with open_job(cfg, set(), checkpoint="none") as job:
+        run = build_training_run(job)
+        counter = {"epoch": 0}
 
-    def epoch() -> int:
-        loader.sampler.set_epoch(counter["epoch"])
-        counter["epoch"] += 1
-        train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, cfg, preprocessing_of(cfg), info,
-                        counter["epoch"])
-        return len(loader) * args.batch
+        def epoch() -> int:
+            run.train_loader.sampler.set_epoch(counter["epoch"])
+            train_one_epoch(run.ddp_model, run.train_loader, run.step_loss, run.optimizer, run.scheduler, run.scaler,
+                            run.cfg, run.preprocessing, job.info, counter["epoch"])
+            counter["epoch"] += 1
+            return len(run.train_loader) * args.batch
 
-    ips = _timed(epoch, args.epochs, device)
+        ips = _timed(epoch, args.epochs, device)
     settings = f"amp {cfg.amp}, channels_last {cfg.channels_last}, compile {args.compile}, cache {cfg.cache_images}"
     return ips, settings
 

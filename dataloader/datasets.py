@@ -28,8 +28,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dataloader.augment import build_augmentation, parse_aug
-from dataloader.preprocess import IMAGE_EXTENSIONS, decode_image, letterbox_resize, to_chw_uint8
+from dataloader.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, letterbox_resize, to_chw_uint8
 from dataloader.sampler import ClassBalancedDistributedSampler
+from utils.errors import DataError
 
 SPLITS = ("train", "val", "test")
 
@@ -63,7 +64,7 @@ def _scan_folder(split_dir: str, split: str) -> list[Sample]:
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             found += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f)]
         if not found and split == "train":
-            raise FileNotFoundError(
+            raise DataError(
                 f"class folder '{os.path.join(split_dir, class_name)}' has no images "
                 f"(extensions {', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder"
             )
@@ -76,15 +77,15 @@ def _read_csv(csv_path: str, data_root: str) -> list[Sample]:
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"filename", "label"} <= {n.strip() for n in reader.fieldnames}:
-            raise ValueError(f"{csv_path}: expected a header line 'filename,label', got {reader.fieldnames}")
+            raise DataError(f"{csv_path}: expected a header line 'filename,label', got {reader.fieldnames}")
         rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
     samples = [(os.path.join(data_root, r["filename"]), r["label"]) for r in rows if r["filename"]]
     empty_labels = [path for path, label in samples if not label]
     if empty_labels:
-        raise ValueError(f"{csv_path}: {len(empty_labels)} rows have an empty label, e.g. {empty_labels[0]}")
+        raise DataError(f"{csv_path}: {len(empty_labels)} rows have an empty label, e.g. {empty_labels[0]}")
     missing = [path for path, _ in samples if not os.path.isfile(path)]
     if missing:
-        raise FileNotFoundError(
+        raise DataError(
             f"{csv_path}: {len(missing)} listed files do not exist, e.g. {missing[:3]} "
             f"(filenames must be relative to the data root {data_root})"
         )
@@ -122,7 +123,7 @@ def _check_classes(samples: list[Sample], class_names: list[str], split: str, da
     unknown = sorted({label for _, label in samples} - known)
     if unknown:
         example = next(path for path, label in samples if label == unknown[0])
-        raise ValueError(
+        raise DataError(
             f"split '{split}' under {data_root} has classes not present in train: {unknown} "
             f"(e.g. {example}); train classes are {class_names}"
         )
@@ -168,10 +169,12 @@ def _discover_all(data_root: str, val_ratio: float, seed: int, kfold: int | None
     """Samples per split (None where absent), train class names, and a description of where val came from.
     With ``kfold``, val is fold ``fold`` of train and train the other folds (a val/ folder is not used)."""
     data_root = os.path.abspath(os.fspath(data_root))
+    if not os.path.isdir(data_root):
+        raise FileNotFoundError(f"--data {data_root}: no such folder; {_expected_layout(data_root)}")
     train = discover_split(data_root, "train")
     if train is None or not train[0]:
         what = "no train split" if train is None else f"no images in {data_root}/train"
-        raise FileNotFoundError(f"{what} under data root '{data_root}': {_expected_layout(data_root)}")
+        raise DataError(f"{what} under data root '{data_root}': {_expected_layout(data_root)}")
     splits: dict[str, list[Sample] | None] = {"train": train[0]}
     class_names = sorted({label for _, label in train[0]})
     val_source = "none"
@@ -207,8 +210,14 @@ def parse_key(key: int | tuple[int, ...]) -> tuple[int, int, int]:
     return int(key), 0, 0
 
 
+UNREADABLE = -2  # the label of an image that could not be decoded, with skip_unreadable (unlabelled images are -1)
+
+
 class ImageClassificationDataset(Dataset):
     """Items are `(image_uint8_chw, label, index)`; keys are an int index or an `(index, epoch)` tuple.
+
+    With `skip_unreadable` an image that cannot be decoded yields a blank image labelled `UNREADABLE` instead of
+    an error, so a prediction job can classify every readable file and list the others.
 
     Images are decoded and letterboxed to `image_size`; `aug` names the augmentations that follow
     (`dataloader.augment`, e.g. "myaugment,erasing"; True means "basic"), seeded by (seed, epoch, index).
@@ -224,6 +233,7 @@ class ImageClassificationDataset(Dataset):
         aug: str | bool | None = None,
         seed: int = 0,
         pad_value: int = 0,
+        skip_unreadable: bool = False,
     ) -> None:
         if seed < 0:
             raise ValueError(f"seed must be >= 0 (numpy seed sequences), got {seed}")
@@ -235,6 +245,7 @@ class ImageClassificationDataset(Dataset):
         self.augment = build_augmentation(self.aug, pad_value=pad_value)
         self.seed = seed
         self.pad_value = pad_value
+        self.skip_unreadable = skip_unreadable
         self._cache: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -269,7 +280,13 @@ class ImageClassificationDataset(Dataset):
         if self._cache is not None:
             image = self._cache[index]  # never written to: augmentation and to_chw_uint8 copy
         else:
-            image = letterbox_resize(decode_image(path), self.image_size, self.pad_value)
+            try:
+                image = letterbox_resize(decode_image(path), self.image_size, self.pad_value)
+            except (ImageDecodeError, OSError):
+                if not self.skip_unreadable:
+                    raise
+                # a blank image labelled UNREADABLE: the caller lists the file instead of its prediction
+                return torch.zeros(3, *self.image_size, dtype=torch.uint8), UNREADABLE, index
         if self.augment is not None:
             image = self.augment(image, seed=self.seed, epoch=epoch, index=index, draw=draw)
         return to_chw_uint8(image), label, index

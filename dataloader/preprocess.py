@@ -77,7 +77,7 @@ class ImageDecodeError(RuntimeError):
         self.reason = reason
         super().__init__(
             f"cannot decode image '{self.path}': {reason}. "
-            "Run `python utils/check_images.py ROOT` on the data root to list (and --move) all bad images."
+            "Run `python dataloader/check_images.py ROOT` on the data root to list (and --move) all bad images."
         )
 
 

@@ -13,6 +13,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+
+from utils.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 # Keys under which our checkpoints (and most training scripts) keep the model's state dict.
@@ -31,19 +34,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure gets the same advice
-        raise RuntimeError(
+        raise DataError(
             f"Could not load {os.fspath(path)!r} with weights_only=True ({err}). Re-save it as a plain state dict: "
             "torch.save(model.state_dict(), path)."
         ) from err
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{os.fspath(path)!r} holds a {type(obj).__name__}, expected a state dict or checkpoint dict.")
+        raise DataError(f"{os.fspath(path)!r} holds a {type(obj).__name__}, expected a state dict or checkpoint dict.")
     for key in _STATE_DICT_KEYS:
         if isinstance(obj.get(key), Mapping):
             obj = obj[key]
             break
     state_dict = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not state_dict:
-        raise ValueError(f"No tensors in {os.fspath(path)!r}; top-level keys: {sorted(obj)[:10]}.")
+        raise DataError(f"No tensors in {os.fspath(path)!r}; top-level keys: {sorted(obj)[:10]}.")
     return state_dict
 
 

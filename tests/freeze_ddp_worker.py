@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-import applications.train as train_app
+import engine.training as train_app
 import main as entry
 from models.heads import find_classifier_name
 
@@ -48,7 +48,7 @@ def main() -> None:
         return validate(model, *args, **kwargs)
 
     train_app.wrap_ddp, train_app.validate = recording_wrap_ddp, recording_validate
-    entry.main(argv)
+    entry.run_command(argv)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(records, indent=1))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from applications.common import preprocessing_of
+from engine.components import preprocessing_of
 from config import Config
 from dataloader.preprocess import Preprocessing, load_image_tensor, normalize_on_device
 from models import build_model
@@ -37,9 +37,9 @@ def torchrun(nproc: int, args: list[str], script: str = "main.py") -> subprocess
 def eager_probs(checkpoint: Path, paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor, Preprocessing]:
     """The trained network in eager mode, unfused, on image files: (uint8 batch, probabilities, preprocessing)."""
     ckpt = load_checkpoint(checkpoint)
-    cfg = Config.from_dict(ckpt["config"])
-    model = build_model(cfg.model, num_classes=len(ckpt["class_names"]))
-    model.load_state_dict(ckpt["model"])
+    cfg = Config.from_dict(ckpt.config)
+    model = build_model(cfg.model, num_classes=len(ckpt.class_names))
+    model.load_state_dict(ckpt.model)
     model.eval()
     pre = preprocessing_of(cfg)
     batch = torch.stack([load_image_tensor(p, pre) for p in paths])

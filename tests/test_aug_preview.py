@@ -15,7 +15,7 @@ from dataloader.mix import build_batch_augment
 
 
 def preview(data: Path, tmp_path: Path, extra: list[str]) -> None:
-    entry.main(["--data", str(data), "--image_size", "32", "32", "--checkpoint_dir", str(tmp_path / "ck"),
+    entry.run_command(["--data", str(data), "--image_size", "32", "32", "--checkpoint_dir", str(tmp_path / "ck"),
                 "--name", "look", *extra])
 
 
@@ -48,7 +48,7 @@ def test_preview_with_mixes_and_multi_scale_goes_to_output(tiny_digits, tmp_path
 def test_preview_needs_a_positive_count_and_runs_alone(tiny_digits, tmp_path):
     with pytest.raises(ValueError, match="positive number"):
         preview(tiny_digits, tmp_path, ["--aug_preview", "0"])
-    with pytest.raises(SystemExit, match="choose one of"):
+    with pytest.raises(ValueError, match="choose one job"):
         preview(tiny_digits, tmp_path, ["--aug_preview", "4", "--evaluation"])
 
 
@@ -60,11 +60,11 @@ def test_captions_name_the_class_or_the_mixed_classes():
 
 
 def test_preview_of_a_checkpoint_uses_its_recipe_and_run_directory(tiny_digits, tmp_path, capsys):
-    entry.main(["--data", str(tiny_digits), "--image_size", "32", "32", "--epochs", "1", "--warmup", "0", "-b", "8",
+    entry.run_command(["--data", str(tiny_digits), "--image_size", "32", "32", "--epochs", "1", "--warmup", "0", "-b", "8",
                 "-j", "0", "--device", "cpu", "--checkpoint_dir", str(tmp_path / "ck"), "--log_dir",
                 str(tmp_path / "logs"), "--name", "run", "--aug", "gridmask", "--mixup", "--mix_prob", "0.5"])
     capsys.readouterr()
-    entry.main(["--aug_preview", "4", "--resume", str(tmp_path / "ck/run/last.pth")])
+    entry.run_command(["--aug_preview", "4", "--resume", str(tmp_path / "ck/run/last.pth")])
     printed = capsys.readouterr().out
     assert "--aug gridmask; mixup 0.8 with p 0.5" in printed
     assert str(tmp_path / "ck/run/aug_preview.png") in printed

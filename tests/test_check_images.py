@@ -1,4 +1,4 @@
-"""utils/check_images.py: finds zero-byte, truncated and non-image files, exit codes, --move quarantine."""
+"""dataloader/check_images.py: finds zero-byte, truncated and non-image files, exit codes, --move quarantine."""
 import os
 import subprocess
 import sys
@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.check_images import find_bad_images, main
+from dataloader.check_images import find_bad_images, main
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +73,7 @@ def test_move_quarantines_preserving_relative_paths(bad_root, tmp_path):
 
 
 def test_runs_as_a_script_from_repo_root(bad_root):
-    cmd = [sys.executable, "utils/check_images.py", str(bad_root)]
+    cmd = [sys.executable, "dataloader/check_images.py", str(bad_root)]
     result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
     assert "4 bad" in result.stdout

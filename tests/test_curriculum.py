@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import main as entry
-from applications.curriculum import CurriculumWeights, assign_stages
-from applications.objective import TrainingLoss
+from applications.curriculum import assign_stages
+from engine.objective import CurriculumWeights, TrainingLoss
 from criterions import build_criterion
 from helpers import torchrun
 from utils.checkpoint import load_checkpoint
@@ -59,8 +59,8 @@ def data(tiny_digits, tmp_path) -> Path:
 
 
 def test_make_curriculum_then_learn_with_it(data, tmp_path):
-    entry.main(common(data, tmp_path, "scorer", "--epochs", "2", "--lr", "0.003"))
-    entry.main(["--make_curriculum", "--resume", str(tmp_path / "ck/scorer/best.pth"), "-j", "0",
+    entry.run_command(common(data, tmp_path, "scorer", "--epochs", "2", "--lr", "0.003"))
+    entry.run_command(["--make_curriculum", "--resume", str(tmp_path / "ck/scorer/best.pth"), "-j", "0",
                 "--curriculum_thresholds", "0.5", "0.2", "--curriculum_weights", "1", "0.5", "0"])
     rows = list(csv.DictReader(open(data / "curriculum.txt")))
     assert len(rows) == 40 and {r["stage"] for r in rows} <= {"0", "1", "2"}
@@ -68,33 +68,33 @@ def test_make_curriculum_then_learn_with_it(data, tmp_path):
         score, stage = float(r["score"]), int(r["stage"])
         assert stage == (0 if score >= 0.5 else 1 if score >= 0.2 else 2)
         assert float(r["weight"]) == [1, 0.5, 0][stage]
-    entry.main(common(data, tmp_path, "plain"))
-    entry.main(common(data, tmp_path, "curriculum", "--curriculum_learning", "--curriculum_pacing", "1", "1"))
+    entry.run_command(common(data, tmp_path, "plain"))
+    entry.run_command(common(data, tmp_path, "curriculum", "--curriculum_learning", "--curriculum_pacing", "1", "1"))
     assert "curriculum learning from" in (tmp_path / "ck/curriculum/train.log").read_text()
-    plain, weighted = (load_checkpoint(tmp_path / f"ck/{n}/last.pth")["model"] for n in ("plain", "curriculum"))
+    plain, weighted = (load_checkpoint(tmp_path / f"ck/{n}/last.pth").model for n in ("plain", "curriculum"))
     assert not all(torch.equal(plain[k], weighted[k]) for k in plain)
 
 
 def test_stale_or_missing_curriculum_is_a_clear_error(data, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"curriculum\.txt, which does not exist.*--make_curriculum"):
-        entry.main(common(data, tmp_path, "x", "--curriculum_learning"))
+        entry.run_command(common(data, tmp_path, "x", "--curriculum_learning"))
     (data / "curriculum.txt").write_text("path,stage,weight,score\ntrain/0/gone.png,0,1,0.9\n")
     with pytest.raises(ValueError, match=r"curriculum\.txt:2: train/0/gone\.png is not an image .* stale"):
-        entry.main(common(data, tmp_path, "x", "--curriculum_learning"))
+        entry.run_command(common(data, tmp_path, "x", "--curriculum_learning"))
     first = sorted((data / "train/0").iterdir())[0].name
     (data / "curriculum.txt").write_text(f"path,stage,weight,score\ntrain/0/{first},0,1,0.9\n")
     with pytest.raises(ValueError, match=r"no entry for 39 of the 40 training images"):
-        entry.main(common(data, tmp_path, "x", "--curriculum_learning"))
+        entry.run_command(common(data, tmp_path, "x", "--curriculum_learning"))
     with pytest.raises(ValueError, match="one weight per stage"):
-        entry.main(["--make_curriculum", "--resume", "nothing.pth", "--curriculum_weights", "1"])
+        entry.run_command(["--make_curriculum", "--resume", "nothing.pth", "--curriculum_weights", "1"])
 
 
 def test_curriculum_distillation_and_cam_under_torchrun(data, tmp_path):
     """The issue's applications under DDP: a 2-process curriculum file equals the 1-process one, a 2-process run
     trains with curriculum weights and teacher knowledge together, and 2-process CAM explains each image once."""
-    entry.main(common(data, tmp_path, "scorer", "--epochs", "2", "--lr", "0.003"))
+    entry.run_command(common(data, tmp_path, "scorer", "--epochs", "2", "--lr", "0.003"))
     scorer = str(tmp_path / "ck/scorer/best.pth")
-    entry.main(["--make_curriculum", "--resume", scorer, "-j", "0", "--output", str(tmp_path / "one.txt")])
+    entry.run_command(["--make_curriculum", "--resume", scorer, "-j", "0", "--output", str(tmp_path / "one.txt")])
     torchrun(2, ["--make_curriculum", "--resume", scorer, "-j", "0"])  # → DATA/curriculum.txt
     one, two = (list(csv.DictReader(open(p))) for p in (tmp_path / "one.txt", data / "curriculum.txt"))
     assert [r["path"] for r in one] == [r["path"] for r in two] and len(two) == 40

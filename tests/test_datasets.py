@@ -16,6 +16,7 @@ from dataloader.datasets import (
     build_split_dataset,
 )
 from dataloader.preprocess import ImageDecodeError
+from utils.errors import DataError
 
 CLASS_VALUES = {"cat": 60, "dog": 180, "emu": 250}
 SPLIT_SEEDS = {"train": 0, "val": 1000, "test": 2000}
@@ -94,7 +95,7 @@ def test_csv_layout_and_folder_wins(tmp_path):
 
 def test_csv_missing_file_is_reported(tmp_path):
     (tmp_path / "train.csv").write_text("filename,label\nimages/missing.png,cat\n")
-    with pytest.raises(FileNotFoundError, match="missing.png"):
+    with pytest.raises(DataError, match="missing.png"):
         build_datasets(tmp_path, image_size=8, aug=False, val_ratio=0.0, seed=0)
 
 
@@ -116,7 +117,7 @@ def test_val_carved_from_train_is_stratified_and_deterministic(tmp_path):
 def test_unknown_class_in_val_names_split_and_class(tmp_path):
     make_folder(tmp_path, "train", {"cat": 2, "dog": 2})
     make_folder(tmp_path, "val", {"cat": 1, "emu": 1})
-    with pytest.raises(ValueError, match=r"'val'.*\['emu'\]"):
+    with pytest.raises(DataError, match=r"'val'.*\['emu'\]"):
         build_datasets(tmp_path, image_size=8, aug=False, val_ratio=0.1, seed=0)
 
 
@@ -124,7 +125,7 @@ def test_unknown_class_in_val_names_split_and_class(tmp_path):
 def test_missing_or_empty_train_explains_layout(tmp_path, layout):
     if layout == "empty":
         (tmp_path / "train").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"train/<class>/<image>.*train\.csv"):
+    with pytest.raises(DataError, match=r"train/<class>/<image>.*train\.csv"):
         build_datasets(tmp_path, image_size=8, aug=False, val_ratio=0.1, seed=0)
 
 
@@ -133,7 +134,7 @@ def test_build_split_dataset_uses_given_class_names(tmp_path):
     make_folder(tmp_path, "test", {"dog": 2})
     test = build_split_dataset(tmp_path, "test", image_size=8, class_names=["ant", "cat", "dog"])
     assert test.targets == [2, 2] and not test.aug
-    with pytest.raises(ValueError, match="'test'"):
+    with pytest.raises(DataError, match="'test'"):
         build_split_dataset(tmp_path, "test", image_size=8, class_names=["cat"])
     with pytest.raises(ValueError, match="unknown split"):
         build_split_dataset(tmp_path, "holdout", image_size=8, class_names=["cat"])

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 import main as entry
-from applications.evaluate import evaluate
-from applications.export import count_batchnorms, fuse_conv_bn, load_torchscript
+from applications.evaluate import run as evaluate
+from engine.export import count_batchnorms, fuse_conv_bn, load_torchscript
 from benchmarks.common import parse_markdown_table
 from config import Config
 from helpers import eager_probs, run
@@ -30,12 +30,12 @@ TRAINING_PACKAGES = {"applications", "models", "criterions", "optim", "dataloade
 def exports(tiny_digits, tmp_path_factory) -> dict[str, Path]:
     """small_cnn trained for one epoch on the tiny digits, exported with --jit and with --onnx."""
     out = tmp_path_factory.mktemp("deploy_run")
-    entry.main(["--data", str(tiny_digits), "--model", "small_cnn", "--epochs", "1", "--warmup", "0", "-b", "8",
+    entry.run_command(["--data", str(tiny_digits), "--model", "small_cnn", "--epochs", "1", "--warmup", "0", "-b", "8",
                 "-j", "0", "--image_size", "32", "32", "--checkpoint_dir", str(out / "ck"), "--log_dir",
                 str(out / "logs"), "--name", "run", "--device", "cpu", "--no-amp", "--no-channels_last"])
     ckpt = out / "ck" / "run" / "last.pth"
     jit = run([sys.executable, "main.py", "--jit", "--resume", str(ckpt), "--output", str(out / "model.pt")])
-    entry.main(["--onnx", "--resume", str(ckpt), "--output", str(out / "model.onnx")])
+    entry.run_command(["--onnx", "--resume", str(ckpt), "--output", str(out / "model.onnx")])
     return {"checkpoint": ckpt, "torchscript": out / "model.pt", "onnx": out / "model.onnx", "jit_log": jit.stdout}
 
 

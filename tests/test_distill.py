@@ -36,7 +36,7 @@ def teacher(tiny_digits, tmp_path_factory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("teacher")
     data = out / "digits"
     shutil.copytree(tiny_digits, data)
-    entry.main(common(data, out, "teacher", "--epochs", "2", "--lr", "0.003"))
+    entry.run_command(common(data, out, "teacher", "--epochs", "2", "--lr", "0.003"))
     return data, out / "ck/teacher/best.pth"
 
 
@@ -116,7 +116,7 @@ def test_distillation_loss_equals_a_hand_computation():
 
 def test_knowledge_is_the_same_with_two_processes_and_feeds_distillation(teacher, tmp_path):
     data, ckpt = teacher
-    entry.main(["--knowledge", "train", "--resume", str(ckpt), "--output", str(tmp_path / "one/distill.txt"),
+    entry.run_command(["--knowledge", "train", "--resume", str(ckpt), "--output", str(tmp_path / "one/distill.txt"),
                 "-j", "0"])
     torchrun(2, ["--knowledge", "train", "--resume", str(ckpt), "--output", str(tmp_path / "two/distill.txt"),
                  "-j", "0"])
@@ -129,15 +129,15 @@ def test_knowledge_is_the_same_with_two_processes_and_feeds_distillation(teacher
 
 def test_alpha_zero_distillation_equals_plain_training(teacher, tmp_path):
     data, ckpt = teacher
-    entry.main(["--knowledge", "train", "--resume", str(ckpt), "-j", "0"])  # DATA/distill.txt
+    entry.run_command(["--knowledge", "train", "--resume", str(ckpt), "-j", "0"])  # DATA/distill.txt
     try:
-        entry.main(common(data, tmp_path, "plain"))
-        entry.main(common(data, tmp_path, "alpha0", "--distill", "--distill_alpha", "0"))
-        entry.main(common(data, tmp_path, "alpha7", "--distill", "--distill_alpha", "0.7", "--distill_T", "2"))
+        entry.run_command(common(data, tmp_path, "plain"))
+        entry.run_command(common(data, tmp_path, "alpha0", "--distill", "--distill_alpha", "0"))
+        entry.run_command(common(data, tmp_path, "alpha7", "--distill", "--distill_alpha", "0.7", "--distill_T", "2"))
     finally:
         (data / "distill.txt").unlink()
         (data / "label.txt").unlink()
-    plain, alpha0, alpha7 = (load_checkpoint(tmp_path / f"ck/{n}/last.pth")["model"]
+    plain, alpha0, alpha7 = (load_checkpoint(tmp_path / f"ck/{n}/last.pth").model
                              for n in ("plain", "alpha0", "alpha7"))
     assert all(torch.equal(plain[k], alpha0[k]) for k in plain)
     assert not all(torch.equal(plain[k], alpha7[k]) for k in plain)
@@ -146,20 +146,20 @@ def test_alpha_zero_distillation_equals_plain_training(teacher, tmp_path):
 
 def test_online_teacher_and_clear_errors(teacher, tmp_path):
     data, ckpt = teacher
-    before = load_checkpoint(ckpt)["model"]
-    entry.main(common(data, tmp_path, "online", "--teacher", "small_cnn", "--teacher_ckpt", str(ckpt),
+    before = load_checkpoint(ckpt).model
+    entry.run_command(common(data, tmp_path, "online", "--teacher", "small_cnn", "--teacher_ckpt", str(ckpt),
                       "--cutmix", "1.0"))  # a live teacher sees the mixed images
     assert "online distillation from small_cnn" in (tmp_path / "ck/online/train.log").read_text()
-    assert all(torch.equal(v, load_checkpoint(ckpt)["model"][k]) for k, v in before.items())
+    assert all(torch.equal(v, load_checkpoint(ckpt).model[k]) for k, v in before.items())
     with pytest.raises(ValueError, match="--teacher wrn10_4 but .* holds a small_cnn"):
-        entry.main(common(data, tmp_path, "x", "--teacher", "wrn10_4", "--teacher_ckpt", str(ckpt)))
+        entry.run_command(common(data, tmp_path, "x", "--teacher", "wrn10_4", "--teacher_ckpt", str(ckpt)))
     with pytest.raises(ValueError, match=r"trained on 32x32 inputs .* but this run feeds 28x28 inputs"):
-        entry.main(common(data, tmp_path, "x", "--teacher", "small_cnn", "--teacher_ckpt", str(ckpt), "--image_size",
+        entry.run_command(common(data, tmp_path, "x", "--teacher", "small_cnn", "--teacher_ckpt", str(ckpt), "--image_size",
                           "28", "28"))  # the student's 28x28 batch is not what the teacher learned on
     with pytest.raises(ValueError, match="--cutmix mixes images"):
-        entry.main(common(data, tmp_path, "x", "--distill", "--cutmix", "1.0"))
+        entry.run_command(common(data, tmp_path, "x", "--distill", "--cutmix", "1.0"))
     with pytest.raises(KnowledgeFileError, match="found no distill"):
-        entry.main(common(data, tmp_path, "x", "--distill"))
+        entry.run_command(common(data, tmp_path, "x", "--distill"))
 
 
 # --------------------------------------------------------------------------------------------------------- K-fold
@@ -180,7 +180,7 @@ def test_kfold_splits_are_disjoint_stratified_and_cover_train():
 def test_kfold_run_validates_on_its_fold_and_cv_report(tiny_digits, tmp_path):
     splits = build_datasets(tiny_digits, image_size=32, aug=None, val_ratio=0.1, seed=3, kfold=4, fold=1)
     assert (len(splits.train), len(splits.val)) == (30, 10)  # the val/ folder is not used under --kfold
-    entry.main(common(tiny_digits, tmp_path, "fold1", "--kfold", "4", "--fold", "1"))
+    entry.run_command(common(tiny_digits, tmp_path, "fold1", "--kfold", "4", "--fold", "1"))
     assert "train 30 / val 10 images" in (tmp_path / "ck/fold1/train.log").read_text()
     stats = summarize([1.0, 2.0, 3.0])
     assert stats["mean"] == 2.0 and stats["std"] == 1.0

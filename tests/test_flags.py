@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def train_once(data: Path, out: Path, extra: list[str], name: str = "run") -> dict:
-    entry.main(["--data", str(data), "--epochs", "2", "--stop_epoch", "1", "--warmup", "0", "-b", "8", "-j", "0",
+    entry.run_command(["--data", str(data), "--epochs", "2", "--stop_epoch", "1", "--warmup", "0", "-b", "8", "-j", "0",
                 "--image_size", "32", "32", "--checkpoint_dir", str(out / "ck"), "--log_dir", str(out / "logs"),
                 "--name", name, "--device", "cpu", *extra])
     return load_checkpoint(out / "ck" / name / "last.pth")
@@ -83,11 +83,11 @@ FLAG_SETS = {
 @pytest.mark.parametrize("flags,expected", FLAG_SETS.values(), ids=FLAG_SETS.keys())
 def test_training_flag(tiny_digits, tmp_path, flags, expected):
     ckpt = train_once(tiny_digits, tmp_path, flags)
-    cfg = ckpt["config"]
+    cfg = ckpt.config
     for key, value in expected.items():
         assert cfg[key] == value, key
-    assert math.isfinite(ckpt["metrics"]["train_loss"]) and math.isfinite(ckpt["metrics"]["val_loss"])
-    assert ckpt["preprocessing"]["image_size"] == cfg["image_size"]
+    assert math.isfinite(ckpt.metrics["train_loss"]) and math.isfinite(ckpt.metrics["val_loss"])
+    assert ckpt.preprocessing["image_size"] == cfg["image_size"]
 
 
 def test_every_flag_is_exercised_somewhere():
@@ -113,7 +113,9 @@ def test_every_flag_is_exercised_somewhere():
                          "make_curriculum", "curriculum_thresholds", "curriculum_weights", "curriculum_learning",
                          "curriculum_pacing",
                          # tests/test_visualize.py (CAM methods, peaks, contact sheet, folder input)
-                         "visual_data", "visual_method", "target_layer", "visual_limit"}
+                         "visual_data", "visual_method", "target_layer", "visual_limit",
+                         # tests/test_checkpoint_format.py (config.yaml round trip) and tests/test_errors.py
+                         "config", "print_config", "debug"}
     flags_here = {a.lstrip("-").removeprefix("no-") for flags, _ in FLAG_SETS.values() for a in flags
                   if a.startswith("--")}
     dests = {a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"}
@@ -127,8 +129,8 @@ def test_sgd_schedule_changes_lr_per_step(tiny_digits, tmp_path):
     ckpt = train_once(tiny_digits, tmp_path, ["--optimizer", "sgd", "--lr_schedule", "cosine", "--lr", "0.1",
                                               "--warmup", "1"])
     # 40 images / batch 8 = 5 steps in epoch 0 of 2 with 1 warmup epoch: 0.1 + 0.9 * 5/5 → factor 1.0
-    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.1)
-    assert ckpt["scheduler"]["last_epoch"] == 5
+    assert ckpt.optimizer["param_groups"][0]["lr"] == pytest.approx(0.1)
+    assert ckpt.scheduler["last_epoch"] == 5
 
 
 def test_pretrained_weights_load_with_head_skipped(tiny_digits, tmp_path):
@@ -140,14 +142,14 @@ def test_pretrained_weights_load_with_head_skipped(tiny_digits, tmp_path):
     with pytest.warns(UserWarning, match="fc"):
         ckpt = train_once(tiny_digits, tmp_path, ["--pretrained", str(weights), "--lr", "1e-12"])
     # with a negligible lr the backbone is still the loaded one; the 10-class head is new
-    assert torch.allclose(ckpt["model"]["features.0.0.0.weight"], source.state_dict()["features.0.0.0.weight"],
+    assert torch.allclose(ckpt.model["features.0.0.0.weight"], source.state_dict()["features.0.0.0.weight"],
                           atol=1e-6)
-    assert ckpt["model"]["fc.weight"].shape == (10, 128)
+    assert ckpt.model["fc.weight"].shape == (10, 128)
 
 
 def test_prior_bias_sets_initial_head_bias(tiny_digits, tmp_path):
     ckpt = train_once(tiny_digits, tmp_path, ["--criterion", "bce", "--prior_bias", "0.01", "--lr", "1e-12"])
-    assert ckpt["model"]["fc.bias"].tolist() == pytest.approx([-math.log(99)] * 10, abs=1e-4)
+    assert ckpt.model["fc.bias"].tolist() == pytest.approx([-math.log(99)] * 10, abs=1e-4)
 
 
 def test_csv_lists_and_val_carved_from_train(tiny_digits, tmp_path):
@@ -158,19 +160,19 @@ def test_csv_lists_and_val_carved_from_train(tiny_digits, tmp_path):
         csv.writer(handle).writerows([("filename", "label"), *[("../digits/" + f, c) for f, c in rows]])
     (root.parent / "digits").symlink_to(tiny_digits)
     ckpt = train_once(root, tmp_path, ["--val_ratio", "0.25"], name="csv")
-    assert ckpt["config"]["val_ratio"] == 0.25
+    assert ckpt.config["val_ratio"] == 0.25
     out = tmp_path / "eval"
-    entry.main(["--evaluation", "--resume", str(tmp_path / "ck/csv/last.pth"), "--split", "val", "--output",
+    entry.run_command(["--evaluation", "--resume", str(tmp_path / "ck/csv/last.pth"), "--split", "val", "--output",
                 str(out), "-j", "0"])
     report = json.loads((out / "report.json").read_text())
     assert report["samples"] == 10  # 25% of 40, stratified, the same images training validated on
-    assert report["top1"] == pytest.approx(ckpt["metrics"]["val_top1"])
+    assert report["top1"] == pytest.approx(ckpt.metrics["val_top1"])
 
 
 def test_bce_export_outputs_probabilities(tiny_digits, tmp_path):
     train_once(tiny_digits, tmp_path, ["--criterion", "bce"], name="bce")
     exported = tmp_path / "bce.pt"
-    entry.main(["--jit", "--resume", str(tmp_path / "ck/bce/last.pth"), "--output", str(exported)])
+    entry.run_command(["--jit", "--resume", str(tmp_path / "ck/bce/last.pth"), "--output", str(exported)])
     proc = subprocess.run([sys.executable, "demos/classifier.py", str(exported), str(tiny_digits / "test"),
                            "--topk", "10", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -185,23 +187,23 @@ def test_margin_loss_switches_and_head_options_resume_evaluate_and_export(tiny_d
              "0.9", "--weighted_loss", str(weights), "--no-amp", "--no-channels_last"]
     full = train_once(tiny_digits, tmp_path, flags + ["--stop_epoch", "2"], name="full")
     train_once(tiny_digits, tmp_path, flags, name="split")
-    entry.main(["--resume", str(tmp_path / "ck/split/last.pth"), "-j", "0"])
+    entry.run_command(["--resume", str(tmp_path / "ck/split/last.pth"), "-j", "0"])
     split = load_checkpoint(tmp_path / "ck/split/last.pth")
-    assert full["epoch"] == split["epoch"] == 1
-    assert split["config"]["head"] == "cosine" and split["config"]["weighted_loss"] == str(weights)
-    assert split["model"]["fc.weight"].shape == (10, 256) and "fc.bias" not in split["model"]  # cosine, avg+max
+    assert full.epoch == split.epoch == 1
+    assert split.config["head"] == "cosine" and split.config["weighted_loss"] == str(weights)
+    assert split.model["fc.weight"].shape == (10, 256) and "fc.bias" not in split.model  # cosine, avg+max
     # GHM's running bin counts travel with the checkpoint, so the resumed run continues exactly
-    assert split["criterion"]["ghm.running_counts"].sum() > 0
-    assert torch.equal(full["criterion"]["ghm.running_counts"], split["criterion"]["ghm.running_counts"])
-    for key, tensor in full["model"].items():
-        assert torch.equal(tensor, split["model"][key]), f"{key} differs after resume"
+    assert split.criterion["ghm.running_counts"].sum() > 0
+    assert torch.equal(full.criterion["ghm.running_counts"], split.criterion["ghm.running_counts"])
+    for key, tensor in full.model.items():
+        assert torch.equal(tensor, split.model[key]), f"{key} differs after resume"
 
     out = tmp_path / "eval"
-    entry.main(["--evaluation", "--resume", str(tmp_path / "ck/split/last.pth"), "--split", "val", "--output",
+    entry.run_command(["--evaluation", "--resume", str(tmp_path / "ck/split/last.pth"), "--split", "val", "--output",
                 str(out), "-j", "0"])
-    assert json.loads((out / "report.json").read_text())["top1"] == pytest.approx(split["metrics"]["val_top1"])
+    assert json.loads((out / "report.json").read_text())["top1"] == pytest.approx(split.metrics["val_top1"])
     exported = tmp_path / "amsoftmax.pt"
-    entry.main(["--jit", "--resume", str(tmp_path / "ck/split/last.pth"), "--output", str(exported)])
+    entry.run_command(["--jit", "--resume", str(tmp_path / "ck/split/last.pth"), "--output", str(exported)])
     probs = torch.jit.load(str(exported))(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
     assert probs.shape == (2, 10) and torch.allclose(probs.sum(1), torch.ones(2))
 
@@ -211,7 +213,8 @@ def test_every_application_of_main_resolves_and_two_at_once_are_refused():
 
     import main as entry
 
-    for app in [*entry.APPLICATIONS, entry.TRAIN]:
-        assert callable(getattr(importlib.import_module(app.module), app.function)), app
-    with pytest.raises(SystemExit, match="choose one of .*; got --jit, --onnx"):
-        entry.main(["--jit", "--onnx", "--resume", "x.pth"])
+    for module in entry.APPLICATIONS.values():
+        application = importlib.import_module(module)
+        assert callable(application.check) and callable(application.run), module
+    with pytest.raises(ValueError, match="choose one job; got --jit, --onnx"):
+        entry.run_command(["--jit", "--onnx", "--resume", "x.pth"])

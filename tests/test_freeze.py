@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import applications.train as train_app
+import engine.training as train_app
 import main as entry
 from helpers import torchrun
 from optim import BackboneFreezer
@@ -68,7 +68,7 @@ def recorded(monkeypatch) -> dict:
 
 
 def test_backbone_and_its_batchnorm_stats_stay_frozen_then_train(tiny_digits, tmp_path, recorded):
-    entry.main(common_args(tiny_digits, tmp_path, "freeze") + ["--stop_epoch", "2"])
+    entry.run_command(common_args(tiny_digits, tmp_path, "freeze") + ["--stop_epoch", "2"])
     start, (after_frozen, after_unfrozen) = recorded["wrapped"][0], recorded["epochs"][:2]
     assert start["trainable"] == {"fc.weight", "fc.bias"}
     backbone = [k for k in start if k != "trainable" and not k.startswith("fc.")]
@@ -85,15 +85,15 @@ def test_backbone_and_its_batchnorm_stats_stay_frozen_then_train(tiny_digits, tm
 
 
 def test_resume_after_freeze_starts_unfrozen_and_matches_the_full_run(tiny_digits, tmp_path, recorded):
-    entry.main(common_args(tiny_digits, tmp_path, "full"))
-    entry.main(common_args(tiny_digits, tmp_path, "split") + ["--stop_epoch", "1"])
+    entry.run_command(common_args(tiny_digits, tmp_path, "full"))
+    entry.run_command(common_args(tiny_digits, tmp_path, "split") + ["--stop_epoch", "1"])
     recorded["wrapped"].clear()
-    entry.main(["--resume", str(tmp_path / "ck/split/last.pth"), "-j", "0"])
+    entry.run_command(["--resume", str(tmp_path / "ck/split/last.pth"), "-j", "0"])
     assert "features.0.0.0.weight" in recorded["wrapped"][0]["trainable"]  # epoch 1 >= --freeze 1
     full, split = (load_checkpoint(tmp_path / f"ck/{name}/last.pth") for name in ("full", "split"))
-    assert full["epoch"] == split["epoch"] == 2
-    for key, tensor in full["model"].items():
-        assert torch.equal(tensor, split["model"][key]), f"{key} differs after resume"
+    assert full.epoch == split.epoch == 2
+    for key, tensor in full.model.items():
+        assert torch.equal(tensor, split.model[key]), f"{key} differs after resume"
 
 
 def test_unfreezing_under_ddp_keeps_both_ranks_identical(tiny_digits, tmp_path):

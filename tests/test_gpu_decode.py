@@ -234,7 +234,7 @@ def test_undecodable_file_raises_decode_error_naming_it(jpegs, tmp_path, kind):
             batch.decode("cpu")
         else:  # refused by the worker, with the loader path's checks
             dataset[1]
-    assert str(bad) in str(excinfo.value) and "utils/check_images.py" in str(excinfo.value)
+    assert str(bad) in str(excinfo.value) and "dataloader/check_images.py" in str(excinfo.value)
     assert excinfo.value.path == str(bad)
 
 
@@ -264,24 +264,24 @@ def main_args(data: Path, out: Path, name: str) -> list[str]:
 
 
 def evaluate(ckpt: Path, out: Path, *extra: str) -> dict:
-    entry.main(["--evaluation", "--resume", str(ckpt), "--split", "val", "--output", str(out), "-j", "0", *extra])
+    entry.run_command(["--evaluation", "--resume", str(ckpt), "--split", "val", "--output", str(out), "-j", "0", *extra])
     return json.loads((out / "report.json").read_text())
 
 
 def test_training_and_evaluation_through_main(tmp_path):
     photo_classes(tmp_path / "data")
-    entry.main(main_args(tmp_path / "data", tmp_path, "gpu_decode") + ["--decode", "device", "--aug", "-j", "1"])
+    entry.run_command(main_args(tmp_path / "data", tmp_path, "gpu_decode") + ["--decode", "device", "--aug", "-j", "1"])
     ckpt_path = tmp_path / "ck/gpu_decode/last.pth"
     ckpt = load_checkpoint(ckpt_path)
-    assert ckpt["config"]["decode"] == "device" and ckpt["config"]["aug"] == "basic"
-    assert np.isfinite(ckpt["metrics"]["train_loss"]) and np.isfinite(ckpt["metrics"]["val_loss"])
+    assert ckpt.config["decode"] == "device" and ckpt.config["aug"] == "basic"
+    assert np.isfinite(ckpt.metrics["train_loss"]) and np.isfinite(ckpt.metrics["val_loss"])
     # --decode is a runtime flag: evaluation decodes where it is told, and both paths see the same images
     same_path = evaluate(ckpt_path, tmp_path / "eval_device", "--decode", "device")
-    assert same_path["samples"] == 8 and same_path["top1"] == pytest.approx(ckpt["metrics"]["val_top1"])
+    assert same_path["samples"] == 8 and same_path["top1"] == pytest.approx(ckpt.metrics["val_top1"])
     loader = evaluate(ckpt_path, tmp_path / "eval_loader")
     assert abs(loader["top1"] - same_path["top1"]) <= 100 / 8  # at most one of 8 images changes its prediction
     with pytest.raises(ValueError, match="--decode device supports only --aug basic"):
-        entry.main(main_args(tmp_path / "data", tmp_path, "refused") + ["--decode", "device", "--aug", "randaugment"])
+        entry.run_command(main_args(tmp_path / "data", tmp_path, "refused") + ["--decode", "device", "--aug", "randaugment"])
 
 
 def test_torchrun_two_processes(tmp_path):
@@ -290,7 +290,7 @@ def test_torchrun_two_processes(tmp_path):
     ckpt_path = tmp_path / "ck/ddp/last.pth"
     # validation under DDP gathered every image once: one process decoding the same way finds the same accuracy
     report = evaluate(ckpt_path, tmp_path / "eval", "--decode", "device")
-    assert report["top1"] == pytest.approx(load_checkpoint(ckpt_path)["metrics"]["val_top1"])
+    assert report["top1"] == pytest.approx(load_checkpoint(ckpt_path).metrics["val_top1"])
 
 
 # ---------------------------------------------------------------------------------------------------------------

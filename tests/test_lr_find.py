@@ -50,7 +50,7 @@ def read_rows(path: Path) -> list[dict]:
 
 def test_lr_find_writes_plot_and_csv_and_suggests_a_finite_lr(tiny_digits, tmp_path, capsys):
     out = tmp_path / "lrf"
-    entry.main(lr_find_args(tiny_digits, out, 30))
+    entry.run_command(lr_find_args(tiny_digits, out, 30))
     png = (out / "lr_find.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     rows = read_rows(out / "lr_find.csv")

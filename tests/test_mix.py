@@ -221,11 +221,11 @@ def test_resume_with_mixes_multi_scale_and_balance_is_exact(tiny_digits, tmp_pat
                 "--aug", "myaugment,erasing", "--mixup", "--cutmix", "--ricap", "--mix_prob", "0.8",
                 "--multi_scale", "--balance"]
 
-    entry.main(args("full"))
-    entry.main(args("split") + ["--stop_epoch", "1"])
-    entry.main(["--resume", str(tmp_path / "ck/split/last.pth"), "-j", "1"])
+    entry.run_command(args("full"))
+    entry.run_command(args("split") + ["--stop_epoch", "1"])
+    entry.run_command(["--resume", str(tmp_path / "ck/split/last.pth"), "-j", "1"])
     full, split = (load_checkpoint(tmp_path / f"ck/{n}/last.pth") for n in ("full", "split"))
-    assert full["epoch"] == split["epoch"] == 1
-    assert split["config"]["mixup"] == 0.8 and split["config"]["aug"] == "myaugment,erasing"
-    for key, tensor in full["model"].items():
-        assert torch.equal(tensor, split["model"][key]), f"{key} differs after resume"
+    assert full.epoch == split.epoch == 1
+    assert split.config["mixup"] == 0.8 and split.config["aug"] == "myaugment,erasing"
+    for key, tensor in full.model.items():
+        assert torch.equal(tensor, split.model[key]), f"{key} differs after resume"

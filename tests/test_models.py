@@ -11,7 +11,7 @@ import models
 from models.heads import find_classifier_name, replace_classifier
 
 # (name, input size). Our own models run at their native 28/32 px; the seed models at 64 px to stay fast.
-OWN_CASES = [("small_cnn", 28), ("small_cnn", 32), ("small_cnn_wide", 32), ("wrn10_4", 28), ("wrn16_4", 28),
+OWN_CASES = [("small_cnn", 28), ("small_cnn", 32), ("small_cnn_wide", 32), ("small_cnn_tiny", 16), ("wrn10_4", 28), ("wrn16_4", 28),
              ("wrn16_8", 28), ("wrn28_10", 32), ("resnet9", 32), ("resnet9_half", 28)]
 SEED_CASES = [
     ("resnet18", 64),
@@ -258,8 +258,9 @@ def classifier_input_and_output(model: nn.Module, x: torch.Tensor) -> tuple[torc
 @pytest.mark.parametrize("option", HEAD_OPTIONS)
 @pytest.mark.parametrize(("name", "size"), HEAD_MODELS)
 def test_head_options(name: str, size: int, option: str, tmp_path) -> None:
-    from applications.common import model_from_checkpoint
     from config import Config
+    from engine.components import model_from_checkpoint
+    from utils.checkpoint import Checkpoint
 
     options = HEAD_OPTIONS[option]
     torch.manual_seed(0)
@@ -276,13 +277,14 @@ def test_head_options(name: str, size: int, option: str, tmp_path) -> None:
         assert DROPOUT_SITE[name](model) == 0.35
     pooled_linear, channels = POOLED_LINEAR[name]
     assert pooled_linear(model).in_features == channels * (2 if options.get("pooling") == "avgmax" else 1)
-    # export: traced and frozen like applications/export.py
+    # export: traced and frozen like engine/export.py
     with torch.no_grad():
         exported = torch.jit.freeze(torch.jit.trace(model, x))
         assert torch.allclose(exported(x), out, atol=1e-5)
     # a checkpoint's config rebuilds the same architecture (evaluation, export and resume rely on it)
     cfg = Config(model=name, arc_scale=16.0, channels_last=False, **options)
-    ckpt = {"model": model.state_dict(), "class_names": [str(i) for i in range(NUM_CLASSES)]}
+    ckpt = Checkpoint(model=model.state_dict(), class_names=[str(i) for i in range(NUM_CLASSES)],
+                      config=cfg.to_dict(), preprocessing={})
     rebuilt = model_from_checkpoint(ckpt, cfg, torch.device("cpu"))
     with torch.no_grad():
         assert torch.equal(rebuilt(x), out)
@@ -298,7 +300,7 @@ def test_every_registered_model_takes_the_head_options(name: str) -> None:
 
 
 def test_margin_criterion_builds_the_cosine_head_from_a_checkpoint_config() -> None:
-    from applications.common import model_options
+    from engine.components import model_options
     from config import Config
 
     # head None in the config: resolved from the criterion, as for checkpoints written before --head existed

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import main as entry
-from applications.export_onnx import INSTALL_HINT, export_onnx, write_onnx
+from applications.export_onnx import run as export_onnx
+from engine.onnx import INSTALL_HINT, write_onnx
 from config import Config, parse_config
 from dataloader import build_split_dataset
 from dataloader.preprocess import Preprocessing
@@ -26,7 +27,7 @@ from utils.checkpoint import load_checkpoint
 def checkpoint(tiny_digits, tmp_path_factory) -> Path:
     """small_cnn (6 Conv+BN pairs) at 32x32, trained for one epoch on the tiny digits."""
     out = tmp_path_factory.mktemp("onnx_run")
-    entry.main(["--data", str(tiny_digits), "--model", "small_cnn", "--epochs", "1", "--warmup", "0", "-b", "8",
+    entry.run_command(["--data", str(tiny_digits), "--model", "small_cnn", "--epochs", "1", "--warmup", "0", "-b", "8",
                 "-j", "0", "--image_size", "32", "32", "--checkpoint_dir", str(out / "ck"), "--log_dir",
                 str(out / "logs"), "--name", "run", "--device", "cpu", "--no-amp", "--no-channels_last"])
     return out / "ck" / "run" / "last.pth"
@@ -81,8 +82,8 @@ def test_int8_export_writes_a_quantised_model_and_reports_val_accuracy(checkpoin
 
     # the printed accuracies are those of the two files on every val image
     saved = load_checkpoint(ckpt)
-    cfg = Config.from_dict(saved["config"])
-    val = build_split_dataset(tiny_digits, "val", image_size=tuple(cfg.image_size), class_names=saved["class_names"],
+    cfg = Config.from_dict(saved.config)
+    val = build_split_dataset(tiny_digits, "val", image_size=tuple(cfg.image_size), class_names=saved.class_names,
                               val_ratio=cfg.val_ratio, seed=cfg.seed)
     assert count == len(val)
     images = torch.stack([val[i][0] for i in range(len(val))]).numpy()

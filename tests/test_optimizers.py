@@ -188,7 +188,7 @@ def test_adabound_starts_like_adam():
 
 
 def run_main(data: Path, out: Path, name: str, extra: list[str]) -> dict:
-    entry.main(["--data", str(data), "--epochs", "3", "--warmup", "0", "-b", "8", "-j", "0", "--image_size", "32",
+    entry.run_command(["--data", str(data), "--epochs", "3", "--warmup", "0", "-b", "8", "-j", "0", "--image_size", "32",
                 "32", "--checkpoint_dir", str(out / "ck"), "--log_dir", str(out / "logs"), "--name", name,
                 "--device", "cpu", "--no-amp", "--no-channels_last", "--seed", "5", *extra])
     return load_checkpoint(out / "ck" / name / "last.pth")
@@ -197,19 +197,19 @@ def run_main(data: Path, out: Path, name: str, extra: list[str]) -> dict:
 def test_lr_scale_batch_scales_once_and_resume_keeps_it(tiny_digits, tmp_path):
     flags = ["--optimizer", "sgd", "--lr", "0.01", "--lr_scale_batch", "4", "--lr_schedule", "cosine"]
     first = run_main(tiny_digits, tmp_path, "scaled", flags + ["--stop_epoch", "1"])
-    assert first["config"]["lr"] == 0.01  # the config keeps the unscaled lr ...
-    assert first["scheduler"]["base_lrs"] == pytest.approx([0.02, 0.02])  # ... batch 8 / 4 doubles it
-    entry.main(["--resume", str(tmp_path / "ck/scaled/last.pth"), "-j", "0"])
+    assert first.config["lr"] == 0.01  # the config keeps the unscaled lr ...
+    assert first.scheduler["base_lrs"] == pytest.approx([0.02, 0.02])  # ... batch 8 / 4 doubles it
+    entry.run_command(["--resume", str(tmp_path / "ck/scaled/last.pth"), "-j", "0"])
     resumed = load_checkpoint(tmp_path / "ck/scaled/last.pth")
-    assert resumed["epoch"] == 2
-    assert resumed["scheduler"]["base_lrs"] == pytest.approx([0.02, 0.02])  # not scaled a second time
+    assert resumed.epoch == 2
+    assert resumed.scheduler["base_lrs"] == pytest.approx([0.02, 0.02])  # not scaled a second time
     assert "global batch 8 / 4" in (tmp_path / "ck/scaled/train.log").read_text()
 
 
 def test_backbone_lr_scale_reaches_the_checkpointed_optimizer(tiny_digits, tmp_path):
     ckpt = run_main(tiny_digits, tmp_path, "disc", ["--backbone_lr_scale", "0.1", "--optimizer", "adamw",
                                                     "--lr_schedule", "cosine", "--stop_epoch", "1"])
-    groups = ckpt["optimizer"]["param_groups"]
+    groups = ckpt.optimizer["param_groups"]
     assert [len(g["params"]) for g in groups[:2]] == [1, 1]  # small_cnn's fc.weight and fc.bias
     assert groups[2]["lr"] == pytest.approx(0.1 * groups[0]["lr"]) and groups[0]["lr"] > 0
 
@@ -219,9 +219,9 @@ def test_lookahead_run_resumes_bit_identically(tiny_digits, tmp_path):
     flags = ["--optimizer", "ranger", "--lookahead_k", "3", "--lr", "0.003"]
     full = run_main(tiny_digits, tmp_path, "full", flags)
     run_main(tiny_digits, tmp_path, "split", flags + ["--stop_epoch", "1"])
-    entry.main(["--resume", str(tmp_path / "ck/split/last.pth"), "-j", "0"])
+    entry.run_command(["--resume", str(tmp_path / "ck/split/last.pth"), "-j", "0"])
     split = load_checkpoint(tmp_path / "ck/split/last.pth")
-    assert full["epoch"] == split["epoch"] == 2
-    for key, tensor in full["model"].items():
-        assert torch.equal(tensor, split["model"][key]), f"{key} differs after resume"
-    assert full["optimizer"]["param_groups"][0]["lookahead_step"] == 15
+    assert full.epoch == split.epoch == 2
+    for key, tensor in full.model.items():
+        assert torch.equal(tensor, split.model[key]), f"{key} differs after resume"
+    assert full.optimizer["param_groups"][0]["lookahead_step"] == 15

@@ -14,7 +14,7 @@ from helpers import run, torchrun
 
 
 def train(data: Path, out: Path, name: str, seed: int) -> Path:
-    entry.main(["--data", str(data), "--epochs", "1", "--warmup", "0", "-b", "8", "-j", "0", "--image_size", "32",
+    entry.run_command(["--data", str(data), "--epochs", "1", "--warmup", "0", "-b", "8", "-j", "0", "--image_size", "32",
                 "32", "--checkpoint_dir", str(out / "ck"), "--log_dir", str(out / "logs"), "--name", name,
                 "--device", "cpu", "--seed", str(seed), "--no-amp", "--no-channels_last"])
     return out / "ck" / name / "last.pth"
@@ -38,7 +38,7 @@ def test_submission_lists_every_image_in_order_and_is_the_same_with_two_processe
                                                                                    tmp_path):
     images = tiny_digits / "test"
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
-    entry.main(["--predict", str(images), "--resume", str(checkpoints[0]), "--output", str(one), "-j", "0",
+    entry.run_command(["--predict", str(images), "--resume", str(checkpoints[0]), "--output", str(one), "-j", "0",
                 "--probabilities"])
     torchrun(2, ["--predict", str(images), "--resume", str(checkpoints[0]), "--output", str(two), "-j", "0",
                  "--probabilities"])
@@ -63,7 +63,7 @@ def test_csv_input_keeps_its_order_and_names(checkpoints, tiny_digits, tmp_path)
         handle.write("id,filename\n")
         handle.writelines(f"{i},{p}\n" for i, p in enumerate(files))  # absolute paths
     out = tmp_path / "sub.csv"
-    entry.main(["--predict", str(listing), "--resume", str(checkpoints[0]), "--output", str(out), "-j", "0"])
+    entry.run_command(["--predict", str(listing), "--resume", str(checkpoints[0]), "--output", str(out), "-j", "0"])
     rows = read_rows(out)
     assert [r["filename"] for r in rows] == [str(p) for p in files]
     assert list(rows[0]) == ["filename", "label"]
@@ -74,11 +74,11 @@ def test_weighted_ensemble_and_tta_equal_the_hand_average(checkpoints, tiny_digi
     single = []
     for i, ckpt in enumerate(checkpoints):
         out = tmp_path / f"m{i}.csv"
-        entry.main(["--predict", str(images), "--resume", str(ckpt), "--output", str(out), "-j", "0",
+        entry.run_command(["--predict", str(images), "--resume", str(ckpt), "--output", str(out), "-j", "0",
                     "--probabilities", "--tta", "flip"])
         single.append(probs_of(read_rows(out), classes))
     both = tmp_path / "both.csv"
-    entry.main(["--predict", str(images), "--resume", *map(str, checkpoints), "--ensemble_weights", "3", "1",
+    entry.run_command(["--predict", str(images), "--resume", *map(str, checkpoints), "--ensemble_weights", "3", "1",
                 "--output", str(both), "-j", "0", "--probabilities", "--tta", "flip"])
     expected = 0.75 * single[0] + 0.25 * single[1]
     assert torch.allclose(probs_of(read_rows(both), classes), expected, atol=2e-6)
@@ -90,7 +90,7 @@ def test_torchscript_export_is_an_ensemble_member_like_its_checkpoint(checkpoint
     images, classes = tiny_digits / "val", [str(i) for i in range(10)]
     rows = {}
     for name, model in (("ckpt", checkpoints[0]), ("jit", exported)):
-        entry.main(["--predict", str(images), "--resume", str(model), "--output", str(tmp_path / f"{name}.csv"),
+        entry.run_command(["--predict", str(images), "--resume", str(model), "--output", str(tmp_path / f"{name}.csv"),
                     "-j", "0", "--probabilities"])
         rows[name] = read_rows(tmp_path / f"{name}.csv")
     assert [r["label"] for r in rows["ckpt"]] == [r["label"] for r in rows["jit"]]
@@ -113,7 +113,7 @@ def test_clear_errors(checkpoints, tmp_path, case, message):
             "empty_dir": ["--predict", str(tmp_path / "empty"), "--resume", a],
             "two_for_eval": ["--evaluation", "--resume", a, b]}[case]
     with pytest.raises((ValueError, FileNotFoundError, SystemExit), match=message):
-        entry.main(argv + ["-j", "0"])
+        entry.run_command(argv + ["-j", "0"])
 
 
 def test_members_with_different_classes_are_refused(checkpoints, tiny_digits, tmp_path):
@@ -122,5 +122,5 @@ def test_members_with_different_classes_are_refused(checkpoints, tiny_digits, tm
     other = tmp_path / "other.pth"
     torch.save(ckpt, other)
     with pytest.raises(ValueError, match="ensemble members must share classes"):
-        entry.main(["--predict", str(tiny_digits / "val"), "--resume", str(checkpoints[0]), str(other), "-j", "0",
+        entry.run_command(["--predict", str(tiny_digits / "val"), "--resume", str(checkpoints[0]), str(other), "-j", "0",
                     "--output", str(tmp_path / "x.csv")])

@@ -121,7 +121,7 @@ def test_corrupt_files_raise_decode_error_naming_file(tmp_path, kind):
     with pytest.raises(ImageDecodeError) as excinfo:
         decode_image(path)
     message = str(excinfo.value)
-    assert str(path) in message and "utils/check_images.py" in message
+    assert str(path) in message and "dataloader/check_images.py" in message
     assert excinfo.value.path == str(path)
 
 

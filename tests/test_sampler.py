@@ -147,8 +147,8 @@ def test_torchrun_training_with_every_augmentation_and_sampling_option(tmp_path)
               "--aug", "trivialaugment,gridmask", "--mixup", "--cutmix", "--ricap", "--mix_prob", "0.9",
               "--multi_scale", "--balance"])
     ckpt = load_checkpoint(tmp_path / "ck/ddp/last.pth")
-    assert ckpt["config"]["balance"] and ckpt["config"]["multi_scale"] and ckpt["config"]["ricap"] == 0.3
-    assert np.isfinite(ckpt["metrics"]["train_loss"]) and 0 <= ckpt["metrics"]["train_top1"] <= 100
+    assert ckpt.config["balance"] and ckpt.config["multi_scale"] and ckpt.config["ricap"] == 0.3
+    assert np.isfinite(ckpt.metrics["train_loss"]) and 0 <= ckpt.metrics["train_top1"] <= 100
 
 
 def test_repeated_draws_get_their_own_augmentation():

@@ -26,34 +26,34 @@ def train_only(tiny_digits, tmp_path) -> Path:
 
 
 def test_val_ratio_zero_trains_on_everything_and_keeps_the_last_ema(train_only, tmp_path):
-    entry.main(args(train_only, tmp_path, "all") + ["--val_ratio", "0", "--ema", "--ema_decay", "0.9"])
+    entry.run_command(args(train_only, tmp_path, "all") + ["--val_ratio", "0", "--ema", "--ema_decay", "0.9"])
     run = tmp_path / "ck/all"
     best, last = load_checkpoint(run / "best.pth"), load_checkpoint(run / "last.pth")
-    assert best["weights"] == "ema" and best["epoch"] == last["epoch"] == 1
-    ema = {k[len("module."):]: v for k, v in last["ema"].items() if k.startswith("module.")}  # AveragedModel's
-    assert ema.keys() == best["model"].keys()
-    assert all(torch.equal(best["model"][k], v) for k, v in ema.items())
-    assert not all(torch.equal(last["model"][k], v) for k, v in ema.items())
+    assert best.weights == "ema" and best.epoch == last.epoch == 1
+    ema = {k[len("module."):]: v for k, v in last.ema.items() if k.startswith("module.")}  # AveragedModel's
+    assert ema.keys() == best.model.keys()
+    assert all(torch.equal(best.model[k], v) for k, v in ema.items())
+    assert not all(torch.equal(last.model[k], v) for k, v in ema.items())
     rows = list(csv.DictReader(open(run / "summary.csv")))
     assert len(rows) == 2 and not any(k.startswith("val") for k in rows[0])
     log = (run / "train.log").read_text()
     assert "train 40 / val 0 images" in log and "without validation" in log
-    entry.main(["--evaluation", "--resume", str(run / "best.pth"), "--split", "train"])  # evaluates as usual
+    entry.run_command(["--evaluation", "--resume", str(run / "best.pth"), "--split", "train"])  # evaluates as usual
     assert (run / "eval_train/report.json").is_file()
 
 
 def test_without_val_the_default_ratio_carves_one_and_val_deciders_are_refused(train_only, tmp_path):
-    entry.main(args(train_only, tmp_path, "carved") + ["--epochs", "1", "--val_ratio", "0.25"])  # 1 per class
+    entry.run_command(args(train_only, tmp_path, "carved") + ["--epochs", "1", "--val_ratio", "0.25"])  # 1 per class
     assert "train 30 / val 10 images" in (tmp_path / "ck/carved/train.log").read_text()
     with pytest.raises(ValueError, match="--lr_schedule plateau, --patience decide"):
-        entry.main(args(train_only, tmp_path, "p") + ["--val_ratio", "0", "--lr_schedule", "plateau",
+        entry.run_command(args(train_only, tmp_path, "p") + ["--val_ratio", "0", "--lr_schedule", "plateau",
                                                       "--patience", "2"])
 
 
 def test_val_ratio_zero_with_swa_keeps_the_swa_weights(train_only, tmp_path):
-    entry.main(args(train_only, tmp_path, "swa") + ["--val_ratio", "0", "--epochs", "3", "--swa", "--swa_epochs", "2"])
+    entry.run_command(args(train_only, tmp_path, "swa") + ["--val_ratio", "0", "--epochs", "3", "--swa", "--swa_epochs", "2"])
     run = tmp_path / "ck/swa"
     best, swa = load_checkpoint(run / "best.pth"), load_checkpoint(run / "swa.pth")
-    assert best["weights"] == "swa" and not any(k.startswith("swa_val") for k in best["metrics"])
-    assert all(torch.equal(best["model"][k], v) for k, v in swa["model"].items())
+    assert best.weights == "swa" and not any(k.startswith("swa_val") for k in best.metrics)
+    assert all(torch.equal(best.model[k], v) for k, v in swa.model.items())
     assert "best.pth now holds the SWA weights" in (run / "train.log").read_text()

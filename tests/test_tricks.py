@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import main as entry
-from applications.train import maybe_compile, optimizer_step, train_one_epoch, weight_penalty
+from engine.training import maybe_compile, optimizer_step, train_one_epoch, weight_penalty
 from config import Config
 from criterions import build_criterion
 from dataloader.preprocess import Preprocessing
@@ -148,29 +148,29 @@ def test_swa_averages_the_last_epochs_and_survives_resume(tiny_digits, tmp_path)
     """SWA over the last 2 of 3 epochs, the run interrupted after epoch 2 and resumed: swa.pth's weights are
     the mean of the end-of-epoch weights of epochs 2 and 3; EMA is validated and checkpointed alongside."""
     args = base_args(tiny_digits, tmp_path, "swa") + ["--epochs", "3", "--swa", "--swa_epochs", "2", "--ema"]
-    entry.main(args + ["--stop_epoch", "2"])
+    entry.run_command(args + ["--stop_epoch", "2"])
     epoch2 = load_checkpoint(tmp_path / "ck/swa/last.pth")
-    assert epoch2["ema"] is not None and epoch2["swa"] is not None
-    entry.main(["--resume", str(tmp_path / "ck/swa/last.pth"), "-j", "0"])
+    assert epoch2.ema is not None and epoch2.swa is not None
+    entry.run_command(["--resume", str(tmp_path / "ck/swa/last.pth"), "-j", "0"])
     epoch3 = load_checkpoint(tmp_path / "ck/swa/last.pth")
     swa = load_checkpoint(tmp_path / "ck/swa/swa.pth")
-    assert swa["weights"] == "swa"
-    params = [name for name, value in epoch3["model"].items() if "running" not in name and "num_batches" not in name]
+    assert swa.weights == "swa"
+    params = [name for name, value in epoch3.model.items() if "running" not in name and "num_batches" not in name]
     for name in params:
-        expected = (epoch2["model"][name].float() + epoch3["model"][name].float()) / 2
-        torch.testing.assert_close(swa["model"][name].float(), expected, rtol=1e-5, atol=1e-6)
+        expected = (epoch2.model[name].float() + epoch3.model[name].float()) / 2
+        torch.testing.assert_close(swa.model[name].float(), expected, rtol=1e-5, atol=1e-6)
     rows = list(csv.DictReader(open(tmp_path / "ck/swa/summary.csv")))
     assert len(rows) == 3 and all(row["ema_val_top1"] for row in rows)
     best = load_checkpoint(tmp_path / "ck/swa/best.pth")
-    assert best["weights"] in {"model", "ema", "swa"}
+    assert best.weights in {"model", "ema", "swa"}
     # the evaluation application reads best.pth's "model" whichever weights won
-    entry.main(["--evaluation", "--resume", str(tmp_path / "ck/swa/best.pth"), "--split", "val", "-j", "0",
+    entry.run_command(["--evaluation", "--resume", str(tmp_path / "ck/swa/best.pth"), "--split", "val", "-j", "0",
                 "--output", str(tmp_path / "eval")])
     assert json.loads((tmp_path / "eval/report.json").read_text())["samples"] == 40
 
 
 def test_patience_stops_when_val_top1_stalls(tiny_digits, tmp_path):
-    entry.main(base_args(tiny_digits, tmp_path, "patience") + ["--epochs", "6", "--patience", "1", "--lr", "1e-9"])
+    entry.run_command(base_args(tiny_digits, tmp_path, "patience") + ["--epochs", "6", "--patience", "1", "--lr", "1e-9"])
     rows = list(csv.DictReader(open(tmp_path / "ck/patience/summary.csv")))
     top1 = [float(row["val_top1"]) for row in rows]
     best_epoch = max(range(len(top1)), key=lambda i: (top1[i], -i))  # first epoch with the best value
@@ -182,7 +182,7 @@ def test_torchrun_sync_bn_training_keeps_ranks_identical(tiny_digits, tmp_path):
     args = base_args(tiny_digits, tmp_path, "syncbn") + ["--epochs", "1", "--sync_bn", "--model", "small_cnn"]
     torchrun(2, args)
     ckpt = load_checkpoint(tmp_path / "ck/syncbn/last.pth")
-    assert ckpt["config"]["sync_bn"] is True
+    assert ckpt.config["sync_bn"] is True
     # the checkpoint loads into the plain (unsynchronised) model for evaluation and export
-    entry.main(["--evaluation", "--resume", str(tmp_path / "ck/syncbn/last.pth"), "--split", "val", "-j", "0",
+    entry.run_command(["--evaluation", "--resume", str(tmp_path / "ck/syncbn/last.pth"), "--split", "val", "-j", "0",
                 "--output", str(tmp_path / "eval")])

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import main as entry
-from applications.common import predict_probs
+from engine.inference import predict_probs
 from config import Config
 from dataloader.preprocess import Preprocessing, normalize_on_device
 from dataloader.tta import TTA_GROUPS, build_tta, parse_tta, shift_image
@@ -110,16 +110,16 @@ def test_probabilities_are_the_mean_over_views_by_hand(criterion):
 
 
 def test_tta_without_evaluation_is_refused():
-    with pytest.raises(SystemExit, match="--tta is test-time augmentation"):
-        entry.main(["--tta", "flip"])
+    with pytest.raises(ValueError, match="--tta is used by --evaluation and --predict only"):
+        entry.run_command(["--tta", "flip"])
 
 
 def test_evaluation_with_tta_one_and_two_processes_agree(tiny_digits, tmp_path):
-    entry.main(["--data", str(tiny_digits), "--epochs", "1", "--warmup", "0", "-b", "8", "-j", "0",
+    entry.run_command(["--data", str(tiny_digits), "--epochs", "1", "--warmup", "0", "-b", "8", "-j", "0",
                 "--image_size", "32", "32", "--checkpoint_dir", str(tmp_path / "ck"), "--log_dir",
                 str(tmp_path / "logs"), "--name", "run", "--device", "cpu", "--no-amp", "--no-channels_last"])
     ckpt = tmp_path / "ck" / "run" / "last.pth"
-    entry.main(["--evaluation", "--resume", str(ckpt), "--split", "val", "-j", "0", "--tta"])
+    entry.run_command(["--evaluation", "--resume", str(ckpt), "--split", "val", "-j", "0", "--tta"])
     report = json.loads((tmp_path / "ck" / "run" / "eval_val_tta_flip" / "report.json").read_text())
     assert report["tta"] == "flip (2 views)"
     two = tmp_path / "two"

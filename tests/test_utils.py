@@ -7,20 +7,20 @@ import pytest
 import torch
 
 from config import Config, explicit_flags, build_parser, parse_config
-from utils.checkpoint import atomic_write, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from utils.checkpoint import Checkpoint, atomic_write, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from utils.distributed import gather_predictions
 from utils.metrics import classification_report, predicted_labels, topk_correct, write_report
 
 
 def test_checkpoint_roundtrip_under_weights_only(tmp_path):
     torch.manual_seed(0)
-    state = {"model": {"w": torch.randn(3)}, "config": Config().to_dict(), "rng": capture_rng_state(),
-             "class_names": ["a", "b"], "epoch": 3}
+    state = Checkpoint(model={"w": torch.randn(3)}, config=Config().to_dict(), rng=capture_rng_state(),
+                       class_names=["a", "b"], preprocessing={}, epoch=3)
     path = tmp_path / "run" / "last.pth"
     save_checkpoint(state, path)
     loaded = load_checkpoint(path)  # weights_only=True inside
-    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
-    assert Config.from_dict(loaded["config"]) == Config()
+    assert torch.equal(loaded.model["w"], state.model["w"])
+    assert Config.from_dict(loaded.config) == Config() and loaded.epoch == 3
     assert [p.name for p in path.parent.iterdir()] == ["last.pth"]  # no temp file left behind
 
 
@@ -72,10 +72,11 @@ def test_rng_state_restores_torch_numpy_python():
 
 def test_failed_save_keeps_previous_checkpoint(tmp_path):
     path = tmp_path / "last.pth"
-    save_checkpoint({"model": {}, "config": {}, "v": 1}, path)
+    first = Checkpoint(model={}, config={}, class_names=[], preprocessing={}, epoch=1)
+    save_checkpoint(first, path)
     with pytest.raises(Exception):
-        save_checkpoint({"model": {}, "config": {}, "bad": lambda: 0}, path)  # not picklable
-    assert load_checkpoint(path)["v"] == 1
+        save_checkpoint(first.replace(metrics={"bad": lambda: 0}), path)  # not picklable
+    assert load_checkpoint(path).epoch == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
 
 

@@ -36,7 +36,7 @@ def square_model(tmp_path_factory) -> tuple[Path, Path]:
             for i in range(count):
                 cv2.imwrite(str(root / split / name / f"{i:03d}.png"), draw(rng, name == "square"))
     out = root / "runs"
-    entry.main(["--data", str(root), "--model", "small_cnn", "--image_size", str(SIZE), str(SIZE), "-b", "16",
+    entry.run_command(["--data", str(root), "--model", "small_cnn", "--image_size", str(SIZE), str(SIZE), "-b", "16",
                 "--epochs", "4", "--lr", "0.003", "--warmup", "0", "-j", "0", "--checkpoint_dir", str(out),
                 "--log_dir", str(root / "logs"), "--name", "sq", "--device", "cpu", "--seed", "0",
                 "--no-channels_last", "--no-amp"])
@@ -47,7 +47,7 @@ def square_model(tmp_path_factory) -> tuple[Path, Path]:
 def test_heat_maps_peak_on_the_square_and_files_are_written(square_model, tmp_path, method):
     root, ckpt = square_model
     out = tmp_path / method
-    entry.main(["--visual_data", "test", "--resume", str(ckpt), "--visual_method", method, "--output", str(out),
+    entry.run_command(["--visual_data", "test", "--resume", str(ckpt), "--visual_method", method, "--output", str(out),
                 "-j", "0", "--log_dir", str(tmp_path / "logs")])
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 16 and (out / "index.html").read_text().count("<figure") == 16
@@ -65,7 +65,7 @@ def test_heat_maps_peak_on_the_square_and_files_are_written(square_model, tmp_pa
 def test_folder_input_target_layer_and_errors(square_model, tmp_path):
     root, ckpt = square_model
     out = tmp_path / "folder"
-    entry.main(["--visual_data", str(root / "val"), "--resume", str(ckpt), "--visual_method", "grad-cam++",
+    entry.run_command(["--visual_data", str(root / "val"), "--resume", str(ckpt), "--visual_method", "grad-cam++",
                 "--output", str(out), "--visual_limit", "3", "-j", "0", "--target_layer", "features",
                 "--log_dir", str(tmp_path / "logs")])
     rows = list(csv.DictReader(open(out / "results.csv")))
@@ -73,7 +73,7 @@ def test_folder_input_target_layer_and_errors(square_model, tmp_path):
     with pytest.raises(ValueError, match="unknown --visual_method"):
         canonical_method("gradcam")
     with pytest.raises(ValueError, match="--target_layer 'nope' is not a module"):
-        entry.main(["--visual_data", "val", "--resume", str(ckpt), "--target_layer", "nope", "-j", "0",
+        entry.run_command(["--visual_data", "val", "--resume", str(ckpt), "--target_layer", "nope", "-j", "0",
                     "--output", str(tmp_path / "x")])
 
 

@@ -1,6 +1,8 @@
-"""Atomic checkpoints that load under ``torch.load(weights_only=True)``.
+"""The checkpoint format (its only reader and writer), atomic writes, and RNG state as plain types.
 
-Only tensors and plain Python types are stored: the config as a dict, RNG states as tensors and lists.
+A checkpoint is a ``Checkpoint``; on disk it is a plain dict of tensors and Python types (the config as a dict,
+RNG states as tensors and lists), so it loads under ``torch.load(weights_only=True)``. Checkpoints written before
+this class existed have the same keys and load through ``Checkpoint.from_dict``.
 """
 from __future__ import annotations
 
@@ -8,11 +10,14 @@ import os
 import random
 import re
 import shutil
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
+
+from utils.errors import DataError
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
@@ -50,9 +55,9 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         os.close(folder)
 
 
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write ``state`` atomically (see atomic_write)."""
-    atomic_write(path, lambda handle: torch.save(state, handle))
+def save_checkpoint(ckpt: "Checkpoint", path: str | Path) -> None:
+    """Write a checkpoint atomically (see atomic_write) as a plain dict of tensors and Python types."""
+    atomic_write(path, lambda handle: torch.save(ckpt.to_dict(), handle))
 
 
 EPOCH_CHECKPOINT = re.compile(r"^epoch_(\d+)\.pth$")
@@ -74,23 +79,6 @@ def keep_epoch_checkpoint(last_path: str | Path, epoch: int, keep: int) -> Path:
     for old in epoch_checkpoints(last_path.parent)[:-keep]:
         old.unlink()
     return target
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load one of our checkpoints safely; errors say which file and what to do."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass --resume with a .pth file written by "
-                                "training (CHECKPOINT_DIR/RUN/best.pth or last.pth)")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise RuntimeError(f"cannot load checkpoint {path}: {exc}. Is it a complete file written by this "
-                           "project? For plain weights use --pretrained instead of --resume.") from exc
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise RuntimeError(f"{path} is not a checkpoint of this project (no 'model'/'config' entries); "
-                           "to initialise from plain weights use --pretrained")
-    return state
 
 
 def capture_rng_state() -> dict:
@@ -120,3 +108,89 @@ def restore_rng_state(state: dict) -> None:
 def _python_state_to_plain(state: tuple) -> list:
     version, internal, gauss = state
     return [version, list(internal), gauss]
+
+
+@dataclass
+class Checkpoint:
+    """What a training run (or an average of runs) leaves behind.
+
+    ``model`` holds the weights to predict with; ``train_model`` the weights training continues from when they
+    differ (best.pth chosen from the EMA, SWA, averaged weights). ``weights`` says which ``model`` holds.
+    The training state (optimizer ... rng) is None in checkpoints that cannot be resumed.
+    """
+
+    config: dict
+    class_names: list[str]
+    preprocessing: dict
+    model: dict
+    train_model: dict | None = None
+    weights: str = "model"
+    epoch: int = -1  # 0-based epoch the state was saved after
+    best_top1: float = -1.0
+    best_epoch: int = -1
+    metrics: dict = field(default_factory=dict)
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    scaler: dict | None = None
+    criterion: dict = field(default_factory=dict)  # GHM's running bin counts
+    ema: dict | None = None
+    swa: dict | None = None
+    rng: dict | None = None
+    averaged_from: list[str] | None = None
+    bn_updated: bool = False
+
+    @property
+    def resume_weights(self) -> dict:
+        """The weights a resumed run continues training from."""
+        return self.train_model if self.train_model is not None else self.model
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, state: dict, path: str | Path = "checkpoint") -> "Checkpoint":
+        """A checkpoint from a loaded dict; older files lack some keys, which take their defaults."""
+        if not isinstance(state, dict) or "model" not in state or "config" not in state:
+            raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model'/'config' entries); to "
+                                  "initialise from plain weights use --pretrained")
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in state.items() if k in known}
+        values.setdefault("class_names", [str(i) for i in range(_output_size(state["model"]))])
+        values.setdefault("preprocessing", {})
+        if "best_epoch" not in state and "epoch" in state:
+            values["best_epoch"] = state["epoch"]
+        if values.get("criterion") is None:
+            values["criterion"] = {}
+        return cls(**values)
+
+    def replace(self, **changes) -> "Checkpoint":
+        return Checkpoint(**{**self.to_dict(), **changes})
+
+
+class CheckpointError(DataError):
+    """A --resume file that is not (a complete) one of our checkpoints."""
+
+
+def _output_size(weights: dict) -> int:
+    last = [v for k, v in weights.items() if k.endswith("weight") and v.ndim == 2]
+    return int(last[-1].shape[0]) if last else 0
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    flag: str = "--resume") -> Checkpoint:
+    """Load one of our checkpoints safely; errors name the file and the flag it came from and say what to do."""
+    path = Path(path)
+    if path.is_dir():
+        found = [p.name for p in sorted(path.glob("*.pth"))][:5]
+        raise FileNotFoundError(f"{flag} {path} is a folder; pass a checkpoint file in it "
+                                f"({', '.join(found) if found else 'it holds no .pth file'})")
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path} does not exist; pass a .pth file written by training "
+                                "(CHECKPOINT_DIR/RUN/best.pth or last.pth)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{flag} {path} cannot be read as a checkpoint ({first[:160]}); pass a complete .pth "
+                              "file written by this project's training (for plain weights use --pretrained)") from exc
+    return Checkpoint.from_dict(state, path)

@@ -40,7 +40,7 @@ def run_scores(run_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{best} does not exist: is {run_dir} a finished training run?")
     report = run_dir / "eval_test" / "report.json"
     test = json.loads(report.read_text())["top1"] if report.is_file() else None
-    return {"run": str(run_dir), "val_top1": float(load_checkpoint(best)["best_top1"]), "test_top1": test}
+    return {"run": str(run_dir), "val_top1": float(load_checkpoint(best).best_top1), "test_top1": test}
 
 
 def cv_report(rows: list[dict]) -> tuple[dict, str]:

@@ -9,22 +9,65 @@ from pathlib import Path
 LOGGER_NAME = "classifier"
 
 
+FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+
+
+class _Buffer(logging.Handler):
+    """Keeps the records logged before the run folder exists, for the log file once it does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def setup_logging(log_file: str | Path | None, is_main: bool) -> logging.Logger:
-    """Log INFO to stdout (and ``log_file``) on rank 0; other ranks log warnings only."""
+    """Log INFO to stdout (and ``log_file``) on rank 0; other ranks log warnings only. Without ``log_file`` the
+    records are also kept until ``attach_log_file`` names the file."""
     logger = logging.getLogger(LOGGER_NAME)
+    for handler in logger.handlers:
+        handler.close()
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     stream = logging.StreamHandler(sys.stdout)
-    stream.setFormatter(fmt)
+    stream.setFormatter(FORMAT)
     logger.addHandler(stream)
-    if log_file is not None and is_main:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(fmt)
-        logger.addHandler(handler)
+    if log_file is not None:
+        attach_log_file(log_file, is_main)
+    elif is_main:
+        logger.addHandler(_Buffer())
     return logger
+
+
+def attach_log_file(log_file: str | Path, is_main: bool) -> None:
+    """From now on rank 0 also logs to ``log_file`` (appending: a resumed run continues its log), which first
+    receives the records kept since setup_logging."""
+    if not is_main:
+        return
+    logger = logging.getLogger(LOGGER_NAME)
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(FORMAT)
+    for buffer in [h for h in logger.handlers if isinstance(h, _Buffer)]:
+        for record in buffer.records:
+            handler.emit(record)
+        logger.removeHandler(buffer)
+    logger.addHandler(handler)
+
+
+def record_failure(error: BaseException) -> None:
+    """Write the error with its traceback to the log files only (the console shows one line)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+    if not files:
+        return
+    record = logger.makeRecord(LOGGER_NAME, logging.ERROR, __file__, 0, "%s: %s", (type(error).__name__, error),
+                               (type(error), error, error.__traceback__))
+    for handler in files:
+        handler.handle(record)
 
 
 def get_logger() -> logging.Logger:

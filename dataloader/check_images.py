@@ -1,7 +1,7 @@
 """List (and optionally quarantine) images the data loader cannot read, before they stop a training run.
 
-    python utils/check_images.py data/                      # report; exit code 1 if any bad file
-    python utils/check_images.py data/ --move data_bad/     # also move bad files, keeping relative paths
+    python dataloader/check_images.py data/                      # report; exit code 1 if any bad file
+    python dataloader/check_images.py data/ --move data_bad/     # also move bad files, keeping relative paths
 
 Checks every file with an image extension (the files the loader reads) with the loader's own `decode_image`:
 zero-byte, truncated (PNG without IEND, JPEG without end marker), not an image, or undecodable.

@@ -1,0 +1,113 @@
+"""The only place where a ``Config`` becomes keyword arguments: data, loaders, model, loss, optimizer, scheduler and
+batch augmentation. Factories below (dataloader, models, criterions, optim) never see the config."""
+from __future__ import annotations
+
+import torch
+
+from config import Config
+from criterions import build_criterion, resolve_class_weights, resolve_head
+from dataloader import DataSplits, build_datasets, build_loader, build_split_dataset
+from dataloader.mix import BatchAugment, build_batch_augment
+from dataloader.preprocess import Preprocessing
+from models import build_model
+from models.heads import find_classifier_name
+from optim import Scheduler, build_optimizer, build_scheduler, param_groups, scale_lr_by_batch
+from utils.checkpoint import Checkpoint
+from utils.distributed import DistInfo
+from utils.logger import get_logger
+
+
+def preprocessing_of(cfg: Config) -> Preprocessing:
+    return Preprocessing(image_size=tuple(cfg.image_size), mean=tuple(cfg.mean), std=tuple(cfg.std))
+
+
+def datasets_of(cfg: Config) -> DataSplits:
+    """train / val / test of ``cfg.data`` with the train augmentation, carved by val ratio, seed and K-fold."""
+    return build_datasets(cfg.data, image_size=tuple(cfg.image_size), aug=cfg.aug, val_ratio=cfg.val_ratio,
+                          seed=cfg.seed, kfold=cfg.kfold, fold=cfg.fold)
+
+
+def split_dataset_of(cfg: Config, split: str, class_names: list[str]):
+    """One split of ``cfg.data`` without augmentation, carved exactly as the run of ``cfg`` carved it (val ratio,
+    seed, K-fold)."""
+    return build_split_dataset(cfg.data, split, image_size=tuple(cfg.image_size), class_names=class_names,
+                               val_ratio=cfg.val_ratio, seed=cfg.seed, kfold=cfg.kfold, fold=cfg.fold)
+
+
+def loader_for(dataset, cfg: Config, info: DistInfo, *, train: bool = False, batch_size: int | None = None,
+               workers: int | None = None, balance: bool = False):
+    """The data loader of ``dataset`` for this process: its shard under DDP, pinned memory on CUDA."""
+    return build_loader(dataset, batch_size=batch_size or cfg.batch_size,
+                        workers=cfg.workers if workers is None else workers, train=train, balance=balance,
+                        seed=cfg.seed, rank=info.rank, world_size=info.world_size,
+                        pin_memory=info.device.type == "cuda")
+
+
+def batch_augment_of(cfg: Config, rank: int) -> BatchAugment:
+    """Multi-scale and batch mixes for a training step, from the flags; the identity when none is set."""
+    return build_batch_augment(image_size=cfg.image_size, num_classes=cfg.num_classes, seed=cfg.seed, rank=rank,
+                               multi_scale=cfg.multi_scale, multi_scale_sizes=cfg.multi_scale_sizes,
+                               mixup=cfg.mixup, cutmix=cfg.cutmix, ricap=cfg.ricap, mix_prob=cfg.mix_prob)
+
+
+def model_options(cfg: Config) -> dict:
+    """build_model's head (and BatchNorm) options from the config: training, evaluation, export and resume build the
+    same network.
+
+    The head is resolved here too (margin losses need the cosine head), so configs saved before --head existed
+    rebuild their linear head.
+    """
+    return {"head": resolve_head(cfg.criterion, cfg.head), "dropout": cfg.dropout, "pooling": cfg.pooling,
+            "cosine_scale": cfg.arc_scale, "bn_momentum": cfg.bn_momentum}
+
+
+def new_model(cfg: Config, *, pretrained: bool = True) -> torch.nn.Module:
+    """The network of a new run (``--pretrained`` weights when given and ``pretrained``)."""
+    return build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained if pretrained else None,
+                       prior_bias=cfg.prior_bias, **model_options(cfg))
+
+
+def model_from_checkpoint(ckpt: Checkpoint, cfg: Config, device: torch.device,
+                          weights: dict | None = None) -> torch.nn.Module:
+    """Rebuild the trained network of a checkpoint (no pretrained download; ``weights`` or the checkpoint's own),
+    in eval mode on ``device``, channels_last when the config says so."""
+    model = build_model(cfg.model, num_classes=len(ckpt.class_names), **model_options(cfg))
+    model.load_state_dict(ckpt.model if weights is None else weights)
+    model = model.to(device).eval()
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+def criterion_from_config(cfg: Config, *, class_names: list[str], train_targets: list[int]) -> torch.nn.Module:
+    """cfg → build_criterion's keyword arguments; --weighted_loss is resolved from the training labels or a file."""
+    class_weights = resolve_class_weights(cfg.weighted_loss, class_names=class_names, train_targets=train_targets)
+    return build_criterion(cfg.criterion, num_classes=len(class_names), label_smoothing=cfg.label_smoothing,
+                           class_weights=class_weights, focal_gamma=cfg.focal_gamma, arc_margin=cfg.arc_margin,
+                           arc_scale=cfg.arc_scale, loss_threshold=cfg.loss_threshold if cfg.threshold_loss else None,
+                           ghm_bins=cfg.ghm_bins if cfg.ghm_loss else None, ghm_momentum=cfg.ghm_momentum,
+                           ohm_ratio=cfg.ohm_ratio if cfg.ohm_loss else None)
+
+
+def optimizer_from_config(cfg: Config, model: torch.nn.Module, *, world_size: int) -> torch.optim.Optimizer:
+    """The configured optimizer: no decay on norms and biases, the backbone at lr x --backbone_lr_scale, and lr
+    scaled linearly with the global batch (batch x world size x accum steps) under --lr_scale_batch.
+
+    ``cfg.lr`` stays the unscaled lr. The scaled one lives in the optimizer's and scheduler's state (each group's
+    lr and initial_lr, the scheduler's base_lrs), which a resumed run restores instead of scaling again.
+    """
+    global_batch = cfg.batch_size * world_size * cfg.accum_steps
+    lr = scale_lr_by_batch(cfg.lr, global_batch=global_batch, reference=cfg.lr_scale_batch)
+    if cfg.lr_scale_batch is not None:
+        get_logger().info("lr %.4g x global batch %d / %d = %.4g (--lr_scale_batch)", cfg.lr, global_batch,
+                          cfg.lr_scale_batch, lr)
+    head = find_classifier_name(model) if cfg.backbone_lr_scale != 1.0 else None
+    groups = param_groups(model, cfg.weight_decay, head=head, backbone_lr_scale=cfg.backbone_lr_scale)
+    return build_optimizer(groups, cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                           lookahead=cfg.lookahead, lookahead_k=cfg.lookahead_k, lookahead_alpha=cfg.lookahead_alpha)
+
+
+def scheduler_from_config(cfg: Config, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int) -> Scheduler:
+    """The configured --lr_schedule over ``optimizer``, stepped ``steps_per_epoch`` times per epoch."""
+    return build_scheduler(optimizer, cfg.lr_schedule, epochs=cfg.epochs, warmup=cfg.warmup,
+                           steps_per_epoch=steps_per_epoch, restart_epochs=cfg.restart_epochs,
+                           restart_mult=cfg.restart_mult, restart_decay=cfg.restart_decay, milestones=cfg.milestones,
+                           gamma=cfg.gamma, plateau_patience=cfg.plateau_patience)

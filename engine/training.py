@@ -1,0 +1,479 @@
+"""A training run: build it from a config, fit it epoch by epoch (validation, best-candidate choice, checkpoints,
+early stopping), and finish with SWA. ``train(cfg, explicit)`` is the whole run as one call (the train and repeat
+jobs); ``build_training_run`` is shared with the lr finder and the benchmarks.
+
+Works unchanged as ``python main.py`` (a world of one) and under torchrun.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from config import Config
+from criterions import resolve_head
+from dataloader import DataSplits, Preprocessing, encode_splits, hard_labels
+from engine.components import (batch_augment_of, criterion_from_config, datasets_of, loader_for, new_model,
+                               optimizer_from_config, preprocessing_of, scheduler_from_config)
+from engine.device import autocast, to_model_input
+from engine.inference import predict_logits
+from engine.job import Job, default_run_name, open_job, run_dir, seed_everything
+from engine.objective import TrainingLoss, training_loss_from_config
+from models.heads import find_classifier_name
+from models.registry import batchnorm_lag_warning
+from optim import BackboneFreezer, Scheduler
+from optim.averaging import build_ema, build_swa, swa_start_epoch, update_bn
+from utils.checkpoint import (Checkpoint, capture_rng_state, keep_epoch_checkpoint, load_checkpoint,
+                              restore_rng_state, save_checkpoint)
+from utils.distributed import (DistInfo, average_buffers, broadcast_buffers, broadcast_object, reduce_sum, unwrap,
+                               wrap_ddp)
+from utils.errors import UsageError
+from utils.hardware import choose_amp, choose_channels_last, describe_hardware
+from utils.logger import RunRecorder, get_logger
+from utils.metrics import topk_correct
+from utils.sync_batchnorm import convert_sync_batchnorm
+
+
+class NonFiniteLossError(UsageError):
+    """The loss stopped being finite: the recipe (lr, warmup, data) needs a change; exit code 2."""
+
+
+def check_recipe(cfg: Config) -> None:
+    """The numbers a run cannot start with (the flags' parser refuses them too; this guards library callers)."""
+    for name, value, least in (("--epochs", cfg.epochs, 1), ("-b/--batch_size", cfg.batch_size, 1),
+                               ("--accum_steps", cfg.accum_steps, 1), ("--keep_epochs", cfg.keep_epochs, 0),
+                               ("--warmup", cfg.warmup, 0), ("--image_size", min(cfg.image_size), 1)):
+        if value < least:
+            raise UsageError(f"{name} must be >= {least}, got {value}")
+
+
+@dataclass
+class TrainingRun:
+    """Everything a run trains with, built once by ``build_training_run``."""
+
+    cfg: Config
+    info: DistInfo
+    class_names: list[str]
+    splits: DataSplits
+    train_loader: object
+    val_loader: object | None
+    preprocessing: Preprocessing
+    model: torch.nn.Module  # the network itself
+    ddp_model: torch.nn.Module  # what the steps call: DDP and/or torch.compile around ``model``
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler
+    scaler: torch.amp.GradScaler
+    criterion: torch.nn.Module
+    step_loss: TrainingLoss
+    ema: object | None
+    swa: object | None
+    swa_start: int | None
+    freezer: BackboneFreezer
+    start_epoch: int = 0
+    best_top1: float = -1.0
+    best_epoch: int = -1
+
+    @property
+    def out_dir(self) -> Path:
+        return run_dir(self.cfg)
+
+    @property
+    def last_epoch(self) -> int:
+        """The epoch count this invocation stops at (--stop_epoch ends early without changing the schedule)."""
+        return min(self.cfg.epochs, self.cfg.stop_epoch) if self.cfg.stop_epoch is not None else self.cfg.epochs
+
+
+def train(cfg: Config, explicit: set[str]) -> dict:
+    """Train per ``cfg`` (resuming ``--resume``); returns the last epoch's metrics (on every rank)."""
+    with open_job(cfg, explicit) as job:
+        run = build_training_run(job)
+        job.start_run_folder(run.out_dir, "train.log")
+        return fit(run, job.log)
+
+
+def build_training_run(job: Job) -> TrainingRun:
+    """Data, model, speed settings, optimizer, schedule, loss, averaging and the resumed state of ``job.ckpt``.
+    Nothing is written: a run that cannot be built leaves no run folder behind."""
+    cfg, info, ckpt, log = job.cfg, job.info, job.ckpt, job.log
+    check_recipe(cfg)
+    if cfg.name is None:
+        cfg.name = default_run_name(cfg)
+    seed_everything(cfg.seed)
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    splits, train_loader, val_loader = build_data(cfg, info, log)
+    cfg.head = resolve_head(cfg.criterion, cfg.head)  # stored resolved, so the checkpoint rebuilds the same head
+    model = new_model(cfg, pretrained=ckpt is None).to(info.device)
+    choose_speed_settings(cfg, model, info, log)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = optimizer_from_config(cfg, model, world_size=info.world_size)
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.accum_steps)
+    scheduler = scheduler_from_config(cfg, optimizer, steps_per_epoch=steps_per_epoch)
+    if cfg.bn_momentum is None and (lag := batchnorm_lag_warning(model, cfg.model, steps_per_epoch * cfg.epochs)):
+        log.warning(lag)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and info.device.type == "cuda")
+    criterion = criterion_from_config(cfg, class_names=splits.class_names, train_targets=splits.train.targets)
+    criterion = criterion.to(info.device)  # GHM's running counts and the class weights live on the device
+    step_loss = training_loss_from_config(cfg, criterion, splits.train, info.device)  # + teacher, curriculum
+    run = TrainingRun(cfg, info, splits.class_names, splits, train_loader, val_loader, preprocessing_of(cfg), model,
+                      model, optimizer, scheduler, scaler, criterion, step_loss,
+                      ema=build_ema(model, cfg.ema_decay) if cfg.ema else None,
+                      swa=build_swa(model) if cfg.swa else None,
+                      swa_start=swa_start_epoch(cfg.epochs, cfg.swa_epochs) if cfg.swa else None,
+                      freezer=None)
+    if ckpt is not None:
+        restore_training_state(run, ckpt)
+        log.info("resumed %s at epoch %d (best val top-1 %.2f)", cfg.resume, run.start_epoch, run.best_top1)
+    if cfg.sync_bn and info.is_distributed:
+        run.model = convert_sync_batchnorm(run.model, info.device)
+    run.freezer = BackboneFreezer(run.model, head=find_classifier_name(run.model), epochs=cfg.freeze)
+    run.freezer.set_epoch(run.start_epoch)  # before wrapping: DDP hooks only the parameters that require grad now
+    run.ddp_model = maybe_compile(wrap_ddp(run.model, info), run.model, cfg, info, log)
+    log.info("run %s: %s, %d classes, train %d / val %d images, world size %d on %s", cfg.name, cfg.model,
+             cfg.num_classes, len(splits.train), len(splits.val or ()), info.world_size, info.device)
+    return run
+
+
+def build_data(cfg: Config, info: DistInfo, log) -> tuple[DataSplits, object, object | None]:
+    """The splits (classes checked against --num_classes, RAM cache, device decoding) and their loaders."""
+    splits = datasets_of(cfg)
+    class_names = splits.class_names
+    if cfg.num_classes is not None and cfg.num_classes != len(class_names):
+        raise UsageError(f"--num_classes {cfg.num_classes} but {cfg.data} has {len(class_names)} classes "
+                         f"({', '.join(class_names[:10])}...); drop --num_classes or fix the data")
+    cfg.num_classes = len(class_names)
+    if cfg.decode == "device":  # workers only read the files; to_model_input decodes each batch on the device
+        splits = encode_splits(splits, cache_images=cfg.cache_images)
+    if splits.val is None:
+        check_training_without_val(cfg)
+        log.info("no val split (--val_ratio 0): training on all %d images without validation; best.pth holds the "
+                 "last epoch's %s weights", len(splits.train), "EMA" if cfg.ema else "model")
+    evaluated = [ds for ds in (splits.train, splits.val) if ds is not None]
+    if cfg.cache_images == "ram":
+        started = time.time()
+        gib = sum(ds.cache_in_ram() for ds in evaluated)
+        log.info("cached %d images (%.2f GiB) in RAM in %.1fs", sum(map(len, evaluated)), gib,
+                 time.time() - started)
+    train_loader = loader_for(splits.train, cfg, info, train=True, balance=cfg.balance)
+    val_loader = loader_for(splits.val, cfg, info) if splits.val is not None else None
+    return splits, train_loader, val_loader
+
+
+def restore_training_state(run: TrainingRun, ckpt: Checkpoint) -> None:
+    """Continue where ``ckpt`` stopped: weights, optimizer, schedule, scaler, loss statistics, averages and RNG."""
+    run.model.load_state_dict(ckpt.resume_weights)
+    if ckpt.optimizer is None:
+        raise UsageError(f"--resume {run.cfg.resume} holds weights without a training state (an average); "
+                         "continue the run from its last.pth, or fine-tune from it with --pretrained")
+    run.optimizer.load_state_dict(ckpt.optimizer)
+    run.scheduler.load_state_dict(ckpt.scheduler)
+    run.scaler.load_state_dict(ckpt.scaler)
+    run.criterion.load_state_dict(ckpt.criterion, strict=False)  # GHM counts; absent in older runs
+    for averaged, state in ((run.ema, ckpt.ema), (run.swa, ckpt.swa)):
+        if averaged is not None and state is not None:
+            averaged.load_state_dict(state)
+    run.start_epoch, run.best_top1, run.best_epoch = ckpt.epoch + 1, ckpt.best_top1, ckpt.best_epoch
+    restore_rng_state(ckpt.rng)
+
+
+def fit(run: TrainingRun, log) -> dict:
+    """Train from ``run.start_epoch`` to the last epoch: a step pass, validation, checkpoints and logs per epoch;
+    early stopping; SWA's finish. Returns the last epoch's metrics."""
+    cfg, info = run.cfg, run.info
+    recorder = RunRecorder(cfg.log_dir + "/" + cfg.name, run.out_dir / "summary.csv", info.is_main)
+    metrics: dict = {}
+    for epoch in range(run.start_epoch, run.last_epoch):
+        metrics = run_epoch(run, epoch)
+        record_epoch(recorder, metrics, cfg, log)
+        if cfg.patience is not None and epoch - run.best_epoch >= cfg.patience:
+            log.info("early stopping: val top-1 has not improved for %d epochs (best %.2f at epoch %d)",
+                     cfg.patience, run.best_top1, run.best_epoch + 1)
+            break
+    else:
+        if run.swa is not None and run.last_epoch == cfg.epochs and run.start_epoch < cfg.epochs:
+            metrics = {**metrics, **finish_swa(run, log)}
+            run.best_top1 = max(run.best_top1, metrics.get("swa_val_top1", run.best_top1))
+    recorder.close()
+    log.info("%s; checkpoints in %s (best.pth, last.pth), summary %s, TensorBoard %s/%s",
+             f"best val top-1 {run.best_top1:.2f}" if run.val_loader is not None else "no validation", run.out_dir,
+             run.out_dir / "summary.csv", cfg.log_dir, cfg.name)
+    return metrics
+
+
+def run_epoch(run: TrainingRun, epoch: int) -> dict:
+    """One epoch: train, average, validate, choose best.pth's candidate and save. Returns the epoch's metrics."""
+    cfg, info = run.cfg, run.info
+    run.train_loader.sampler.set_epoch(epoch)
+    started, lr = time.time(), run.optimizer.param_groups[0]["lr"]
+    swa_lr = cfg.swa_lr if run.swa is not None and epoch >= run.swa_start else None
+    if run.freezer.set_epoch(epoch) and info.is_distributed:  # unfrozen: a new DDP wrapper hooks the backbone too
+        run.ddp_model = maybe_compile(wrap_ddp(run.model, info), run.model, cfg, info, get_logger())
+    train_stats = train_one_epoch(run.ddp_model, run.train_loader, run.step_loss, run.optimizer, run.scheduler,
+                                  run.scaler, cfg, run.preprocessing, info, epoch, ema=run.ema, swa_lr=swa_lr,
+                                  freezer=run.freezer)
+    broadcast_buffers(run.model)
+    if run.swa is not None and epoch >= run.swa_start:
+        run.swa.update_parameters(run.model)
+    val_stats, top1, source, best_weights = best_candidate(run.model, run.ema, run.val_loader, run.criterion, cfg,
+                                                           run.preprocessing, info)
+    if val_stats:
+        run.scheduler.end_epoch(val_stats["val_loss"])
+    improved = run.val_loader is None or top1 > run.best_top1  # without val, best.pth follows the latest weights
+    if improved:
+        run.best_top1, run.best_epoch = top1, epoch
+    metrics = {"epoch": epoch, **train_stats, **val_stats, "lr": lr, "seconds": round(time.time() - started, 2)}
+    if info.is_main:
+        save_epoch(run, epoch, metrics, best=(source, best_weights) if improved else None)
+    return metrics
+
+
+def save_epoch(run: TrainingRun, epoch: int, metrics: dict, best: tuple[str, torch.nn.Module] | None) -> None:
+    """last.pth (and epoch_NNN.pth with --keep_epochs); best.pth when this epoch improved, holding the better of
+    model and EMA as its weights and the model as the weights to continue from."""
+    state = Checkpoint(config=run.cfg.to_dict(), class_names=run.class_names,
+                       preprocessing=run.preprocessing.to_dict(), model=run.model.state_dict(), epoch=epoch,
+                       best_top1=run.best_top1, best_epoch=run.best_epoch, metrics=metrics,
+                       optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+                       scaler=run.scaler.state_dict(), criterion=run.criterion.state_dict(),
+                       ema=run.ema.state_dict() if run.ema is not None else None,
+                       swa=run.swa.state_dict() if run.swa is not None else None, rng=capture_rng_state())
+    save_checkpoint(state, run.out_dir / "last.pth")
+    if run.cfg.keep_epochs > 0:
+        keep_epoch_checkpoint(run.out_dir / "last.pth", epoch, run.cfg.keep_epochs)
+    if best is not None:
+        source, weights = best
+        save_checkpoint(state.replace(model=weights.state_dict(), train_model=state.model, weights=source),
+                        run.out_dir / "best.pth")
+
+
+def record_epoch(recorder: RunRecorder, metrics: dict, cfg: Config, log) -> None:
+    """TensorBoard scalars, the summary.csv row and the epoch's log line."""
+    recorder.scalars({"train/loss": metrics["train_loss"], "train/top1": metrics["train_top1"], "lr": metrics["lr"],
+                      **{f"val/{k[4:]}": v for k, v in metrics.items()
+                         if k in ("val_loss", "val_top1", "ema_val_top1")}}, metrics["epoch"])
+    recorder.epoch_row(metrics)
+    log.info("epoch %d/%d  train loss %.4f top-1 %.2f%s  lr %.2e  %.1fs", metrics["epoch"] + 1, cfg.epochs,
+             metrics["train_loss"], metrics["train_top1"], describe_val(metrics), metrics["lr"], metrics["seconds"])
+
+
+def best_candidate(model: torch.nn.Module, ema, val_loader, criterion: torch.nn.Module, cfg: Config,
+                   preprocessing: Preprocessing, info: DistInfo) -> tuple[dict, float, str, torch.nn.Module]:
+    """Validate the model and its EMA (when kept). Returns the val metrics and the better of the two as this
+    epoch's best.pth candidate: (metrics, top-1, "model" or "ema", module). Without a val split there is nothing to
+    select on: no metrics, top-1 -1, and the latest weights (the EMA when kept)."""
+    if val_loader is None:
+        return {}, -1.0, *(("ema", ema.module) if ema is not None else ("model", model))
+    val_stats = validate(model, val_loader, criterion, cfg, preprocessing, info)
+    candidates = {"model": (val_stats["val_top1"], model)}
+    if ema is not None:
+        ema_stats = validate(ema.module, val_loader, criterion, cfg, preprocessing, info)
+        val_stats.update({f"ema_{k}": v for k, v in ema_stats.items()})
+        candidates["ema"] = (ema_stats["val_top1"], ema.module)
+    source, (top1, weights) = max(candidates.items(), key=lambda item: item[1][0])
+    return val_stats, top1, source, weights
+
+
+def check_training_without_val(cfg: Config) -> None:
+    """Without a val split only --val_ratio 0 trains (on purpose, e.g. a final model on all data); the options
+    that decide from val numbers are refused."""
+    if cfg.val_ratio != 0:
+        raise ValueError(f"{cfg.data} has no val split and --val_ratio is {cfg.val_ratio}; add a val/ folder or "
+                         "val.csv, pass --val_ratio 0.1 to validate on a stratified share of train, or --val_ratio 0 "
+                         "to train on all of train without validation")
+    needs_val = {"--lr_schedule plateau": cfg.lr_schedule == "plateau", "--patience": cfg.patience is not None}
+    if any(needs_val.values()):
+        raise ValueError(f"{', '.join(k for k, v in needs_val.items() if v)} decide(s) from the val loss or top-1, "
+                         f"and {cfg.data} has no val split (--val_ratio 0); drop it or add a val split")
+
+
+def describe_val(stats: dict) -> str:
+    """The val part of an epoch's log line ('' when training without validation)."""
+    if "val_loss" not in stats:
+        return ""
+    ema = f"  EMA top-1 {stats['ema_val_top1']:.2f}" if "ema_val_top1" in stats else ""
+    return (f"  val loss {stats['val_loss']:.4f} top-1 {stats['val_top1']:.2f} top-5 {stats['val_top5']:.2f}"
+            + ema)
+
+
+def choose_speed_settings(cfg: Config, model: torch.nn.Module, info: DistInfo, log) -> None:
+    """Resolve unset --amp / --channels_last from the hardware (rank 0 decides for all ranks); the resolved
+    values go into the checkpoint's config, so a resumed run keeps them."""
+    amp = choose_amp(cfg.amp, info.device)
+    amp_dtype = (torch.float16 if info.device.type == "cuda" else torch.bfloat16) if amp else None
+    probe_shape = (min(cfg.batch_size, 32), 3, *cfg.image_size)  # small batches can rank formats wrongly
+    channels_last, why = choose_channels_last(cfg.channels_last, model, probe_shape, info.device, amp_dtype)
+    cfg.amp, cfg.channels_last = broadcast_object((amp, channels_last))
+    log.info("speed settings on %s: amp %s, channels_last %s (%s)", describe_hardware(info.device), cfg.amp,
+             cfg.channels_last, why)
+
+
+def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, cfg: Config, preprocessing,
+                    info: DistInfo, epoch: int, ema=None, swa_lr: float | None = None,
+                    freezer: BackboneFreezer | None = None) -> dict:
+    """One pass over the training shard; loss and accuracy stay on the device until the end of the epoch.
+
+    ``loss_fn(logits, targets, inputs, indices, epoch)`` is the step loss (engine/objective.py), or a plain
+    criterion ``(logits, targets)``.
+
+    With ``--accum_steps N`` the optimizer steps every N batches on the mean gradient of those batches (DDP
+    all-reduces only on the last of them); the schedule counts optimizer steps.
+    """
+    if not isinstance(loss_fn, TrainingLoss):
+        loss_fn = TrainingLoss(loss_fn)
+    model.train()
+    if freezer is not None:
+        freezer.hold_norms()  # a frozen backbone keeps its BatchNorm statistics too
+    loss_sum = torch.zeros((), device=info.device, dtype=torch.float64)
+    correct = torch.zeros((), device=info.device, dtype=torch.long)
+    seen, steps = 0, len(loader)
+    batch_augment = batch_augment_of(cfg, info.rank)  # multi-scale and mixes (dataloader/mix.py); may be identity
+    penalised = [p for p in model.parameters() if p.ndim > 1] if cfg.l1 or cfg.l2 else []
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not info.is_main, leave=False,
+               mininterval=1.0, dynamic_ncols=True)
+    optimizer.zero_grad(set_to_none=True)
+    for step, (images, targets, indices) in enumerate(bar):
+        inputs = to_model_input(images, preprocessing, info.device, cfg.channels_last)
+        targets = targets.to(info.device, non_blocking=True)
+        inputs, targets = batch_augment(inputs, targets, epoch=epoch, step=step)  # mixes give (N, C) targets
+        group_start = step - step % cfg.accum_steps
+        group_size = min(cfg.accum_steps, steps - group_start)  # the last group may be shorter
+        boundary = step + 1 == group_start + group_size
+        with contextlib.nullcontext() if boundary else no_sync(model):
+            with autocast(cfg, info.device):
+                logits = model(inputs)
+                loss = loss_fn(logits, targets, inputs, indices, epoch)
+            objective = loss + weight_penalty(penalised, cfg.l1, cfg.l2) if penalised else loss
+            scaler.scale(objective / group_size).backward()
+        if boundary:
+            optimizer_step(model, optimizer, scaler, cfg.clip_grad)
+            scheduler.step()
+            if swa_lr is not None:
+                set_constant_lr(optimizer, swa_lr)
+            if ema is not None:
+                ema.update_parameters(unwrap_model(model))
+        loss_sum += loss.detach().double() * targets.shape[0]
+        correct += (logits.detach().argmax(dim=1) == hard_labels(targets)).sum()
+        seen += targets.shape[0]
+        if (step + 1) % cfg.log_interval == 0:  # the only host sync inside the loop
+            _check_finite(loss_sum.item() / seen, epoch, step)
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    total_loss, total_correct, total_seen = reduce_sum([loss_sum.item(), correct.item(), seen], info.device)
+    _check_finite(total_loss / total_seen, epoch, len(loader) - 1)
+    return {"train_loss": total_loss / total_seen, "train_top1": 100.0 * total_correct / total_seen}
+
+
+def optimizer_step(model, optimizer, scaler, clip_grad: float | None) -> None:
+    """Unscale, optionally clip the global gradient norm, step and clear the gradients."""
+    if clip_grad is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def weight_penalty(params: list[torch.Tensor], l1: float, l2: float) -> torch.Tensor:
+    """``l1 * sum|w| + l2 * sum w^2`` over weight tensors (norms and biases excluded, as for weight decay)."""
+    total = torch.zeros((), device=params[0].device)
+    for p in params:
+        if l1:
+            total = total + l1 * p.abs().sum()
+        if l2:
+            total = total + l2 * p.pow(2).sum()
+    return total
+
+
+def set_constant_lr(optimizer, lr: float) -> None:
+    """SWA phase: every group gets ``lr`` scaled by its share of the largest initial lr (keeps lr ratios)."""
+    top = max(group.get("initial_lr", group["lr"]) for group in optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("initial_lr", group["lr"]) / top
+
+
+def no_sync(model) -> contextlib.AbstractContextManager:
+    """DDP's no_sync (skip the gradient all-reduce of a non-final accumulation step); a no-op otherwise."""
+    inner = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
+    return inner.no_sync() if hasattr(inner, "no_sync") else contextlib.nullcontext()
+
+
+def unwrap_model(model) -> torch.nn.Module:
+    """The trained network under a torch.compile wrapper and/or DDP."""
+    return unwrap(getattr(model, "_orig_mod", model))
+
+
+def maybe_compile(model, raw_model: torch.nn.Module, cfg: Config, info: DistInfo, log):
+    """torch.compile with ``--compile``; falls back to eager with a warning when compiling fails here.
+
+    Compilation happens lazily at the first call, so one forward and backward on a random batch is run at once;
+    the weights, buffers and gradients it touches are restored, and the RNG is forked, so the run is unchanged.
+    """
+    if not cfg.compile:
+        return model
+    compiled = torch.compile(model)
+    snapshot = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
+    try:
+        devices = [info.device] if info.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            x = torch.randn(min(cfg.batch_size, 8), 3, *cfg.image_size, device=info.device)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(cfg, info.device):
+                out = compiled(x)
+            out.float().sum().backward()
+        log.info("torch.compile: compiled %s", cfg.model)
+    except Exception as error:  # noqa: BLE001 - any backend failure means: train eagerly
+        log.warning("--compile failed here (%s: %s); training without torch.compile", type(error).__name__,
+                    str(error).splitlines()[0][:200] if str(error) else "")
+        compiled = model
+    finally:
+        raw_model.load_state_dict(snapshot)
+        raw_model.zero_grad(set_to_none=True)
+    return compiled
+
+
+def finish_swa(run: TrainingRun, log) -> dict:
+    """After the last epoch: recompute the SWA model's BN statistics, validate it and save ``swa.pth``
+    (and ``best.pth`` when it beats the best so far). Returns the SWA metrics."""
+    cfg, info, swa = run.cfg, run.info, run.swa
+    if swa.n_averaged.item() == 0:
+        return {}
+    swa_model = swa.module
+    batches = (to_model_input(images, run.preprocessing, info.device, cfg.channels_last)
+               for images, _, _ in run.train_loader)
+    with autocast(cfg, info.device):
+        update_bn(swa_model, batches, after=average_buffers)
+    stats = (validate(swa_model, run.val_loader, run.criterion, cfg, run.preprocessing, info)
+             if run.val_loader is not None else {})
+    log.info("SWA over the last %d epochs (%d snapshots)%s", cfg.swa_epochs, int(swa.n_averaged.item()),
+             describe_val(stats).replace("  val", ": val"))
+    if info.is_main:
+        last = load_checkpoint(run.out_dir / "last.pth")
+        state = last.replace(model=swa_model.state_dict(), train_model=last.model, weights="swa",
+                             metrics={**last.metrics, **{f"swa_{k}": v for k, v in stats.items()}})
+        save_checkpoint(state, run.out_dir / "swa.pth")
+        if run.val_loader is None or stats["val_top1"] > run.best_top1:  # without val the SWA weights are the result
+            save_checkpoint(state.replace(best_top1=stats.get("val_top1", run.best_top1)), run.out_dir / "best.pth")
+            log.info("best.pth now holds the SWA weights")
+    return {f"swa_{k}": v for k, v in stats.items()}
+
+
+def _check_finite(value: float, epoch: int, step: int) -> None:
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"loss became {value} in epoch {epoch + 1} by step {step + 1}; training stopped before saving. "
+            "Lower --lr, add --warmup epochs, or check the data; resume from the last good last.pth.")
+
+
+def validate(model, loader, criterion, cfg: Config, preprocessing, info: DistInfo) -> dict:
+    """Exact validation: predictions are all-gathered so every sample is counted once on every rank."""
+    _, logits, targets = predict_logits(model, loader, cfg, preprocessing, info.device)
+    correct = topk_correct(logits, targets)
+    n = targets.shape[0]
+    return {"val_loss": float(criterion(logits, targets)), "val_top1": 100.0 * correct[1] / n,
+            "val_top5": 100.0 * correct[5] / n}

@@ -21,9 +21,23 @@ from utils.hardware import choose_amp
 from utils.logger import attach_log_file, get_logger, setup_logging
 
 
+AUTO = "auto"
+
+
+def auto_resume_path(cfg: Config) -> str | None:
+    """``--resume auto``: CHECKPOINT_DIR/NAME/last.pth when it exists (continue), None otherwise (start fresh)."""
+    if not cfg.name:
+        raise UsageError("--resume auto needs --name NAME: it continues CHECKPOINT_DIR/NAME/last.pth when that exists "
+                         "and starts that run otherwise")
+    last = run_dir(cfg) / "last.pth"
+    return str(last) if last.is_file() else None
+
+
 def resolve_config(cfg: Config, explicit: set[str], path: str | None = None) -> tuple[Config, Checkpoint | None]:
     """With --resume (or ``path``), start from the checkpoint's config and apply only the flags the user typed and
-    the flags that say how to run (RUNTIME_FLAGS)."""
+    the flags that say how to run (RUNTIME_FLAGS). ``--resume auto`` resolves to the run's last.pth or nothing."""
+    if path is None and cfg.resume == AUTO:
+        cfg.resume = auto_resume_path(cfg)
     path = path or cfg.resume
     if not path:
         return cfg, None
@@ -89,6 +103,8 @@ def open_job(cfg: Config, explicit: set[str], *, checkpoint: str = "optional", m
         ckpt = None
         if checkpoint != "none":
             cfg, ckpt = resolve_config(cfg, explicit)
+            if checkpoint == "required" and ckpt is None:
+                raise UsageError(f"{missing} (--resume auto found no last.pth for --name {cfg.name})")
         if eval_amp:
             cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, info.device)
         yield Job(cfg, ckpt, info, log)

@@ -307,7 +307,10 @@ def choose_speed_settings(cfg: Config, model: torch.nn.Module, info: DistInfo, l
     amp = choose_amp(cfg.amp, info.device)
     amp_dtype = (torch.float16 if info.device.type == "cuda" else torch.bfloat16) if amp else None
     probe_shape = (min(cfg.batch_size, 32), 3, *cfg.image_size)  # small batches can rank formats wrongly
-    channels_last, why = choose_channels_last(cfg.channels_last, model, probe_shape, info.device, amp_dtype)
+    channels_last, why = None, ""
+    if info.is_main:  # one measurement (or cache read) for the whole world
+        channels_last, why = choose_channels_last(cfg.channels_last, model, probe_shape, info.device, amp_dtype,
+                                                  model_name=cfg.model)
     cfg.amp, cfg.channels_last = broadcast_object((amp, channels_last))
     log.info("speed settings on %s: amp %s, channels_last %s (%s)", describe_hardware(info.device), cfg.amp,
              cfg.channels_last, why)

@@ -20,7 +20,8 @@ def test_auto_amp_on_cpu_follows_native_bf16():
     assert torch.backends.cpu.get_cpu_capability() in describe_hardware(CPU)
 
 
-def test_channels_last_probe_leaves_model_and_rng_untouched():
+def test_channels_last_probe_leaves_model_and_rng_untouched(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path))
     torch.manual_seed(0)
     model = build_model("small_cnn", num_classes=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -30,6 +31,10 @@ def test_channels_last_probe_leaves_model_and_rng_untouched():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state())
     assert next(model.parameters()).grad is None
+    again, why = choose_channels_last(None, model, (4, 3, 28, 28), CPU, None, steps=1)
+    assert again == decision and why.startswith("cached verdict from") and str(tmp_path) in why
+    other, why = choose_channels_last(None, model, (4, 3, 32, 32), CPU, None, steps=1)  # another input: measured
+    assert why.startswith("probe:")
 
 
 def _images(tmp_path, count=6):

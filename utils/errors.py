@@ -12,6 +12,7 @@ from __future__ import annotations
 
 USAGE_EXIT = 2  # argparse's own exit code for a bad command line
 DATA_EXIT = 1
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped by a signal after writing last.pth; run again with --resume auto
 
 
 class UsageError(ValueError):
@@ -20,4 +21,13 @@ class UsageError(ValueError):
 
 class DataError(RuntimeError):
     """A file or folder the command reads is unusable; the message names it and what to do."""
+
+
+class Preempted(SystemExit):
+    """Training stopped on a signal (SIGTERM, SIGINT, SIGUSR1) after every rank finished its step and last.pth was
+    written; the process exits with PREEMPTED_EXIT, and ``--resume auto`` continues bit for bit."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(PREEMPTED_EXIT)
+        self.message = message
 

@@ -1,16 +1,23 @@
-"""Fast defaults chosen from the hardware actually present, never assumed.
+"""Fast defaults chosen from the hardware actually present, never assumed, and repeatable.
 
-bf16 autocast pays off only on CPUs with native bf16 (AVX512-BF16 or AMX); on AVX2 it was 10-50x slower.
-channels_last helps some convolution stacks and hurts others on the same CPU, so it is measured on the real
-model and input size instead of guessed.
+bf16 autocast pays off only on CPUs with native bf16 (AVX512-BF16 or AMX); on AVX2 it was 10-50x slower: a rule.
+channels_last helps some convolution stacks and hurts others on the same CPU (measured here, bf16: small_cnn 28 px
+and resnet18 32 px faster with it, mobilenet_v3_small 64 px slower; fp32 the other way round for resnet18), so it
+is measured on the real model and input size. A measurement depends on what else the machine is doing, and the
+memory format changes the numerics, so the verdict is measured once per (machine, model, input, AMP, threads) and
+cached on disk: the same command gives the same weights however busy the machine is.
 """
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
+from pathlib import Path
 
 import torch
+
+CACHE_ENV = "CLASSIFIER_CACHE_DIR"  # where measured verdicts are kept (default ~/.cache/image-classifier)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -34,22 +41,57 @@ def choose_amp(requested: bool | None, device: torch.device) -> bool:
     return device.type == "cuda" or cpu_has_native_bf16()
 
 
-def choose_channels_last(requested: bool | None, model: torch.nn.Module, input_shape: tuple[int, ...],
-                         device: torch.device, amp_dtype: torch.dtype | None, steps: int = 3) -> tuple[bool, str]:
-    """``--channels_last`` / ``--no-channels_last`` win; unset times a few training steps of a copy of the
-    model in both memory formats and keeps channels_last only when it is at least 5% faster.
+def speed_cache_file() -> Path:
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "image-classifier"
+    return Path(root) / "speed_choices.json"
 
-    Returns the decision and a short reason for the log.
-    """
+
+def choose_channels_last(requested: bool | None, model: torch.nn.Module, input_shape: tuple[int, ...],
+                         device: torch.device, amp_dtype: torch.dtype | None, steps: int = 3,
+                         model_name: str | None = None) -> tuple[bool, str]:
+    """``--channels_last`` / ``--no-channels_last`` win; CUDA takes channels_last; on CPU the verdict of a probe
+    (a few training steps of a copy of the model in both formats, channels_last kept when >= 5% faster) is read
+    from the cache file when this (machine, model, input, AMP, threads) was measured before, and measured and
+    cached otherwise. Returns the decision and a short reason for the log (naming the cache file to delete)."""
     if requested is not None:
         return requested, "set by flag"
     if device.type == "cuda":
         return True, "CUDA tensor cores prefer NHWC"
+    key = "|".join([torch.backends.cpu.get_cpu_capability(), f"bf16 {cpu_has_native_bf16()}",
+                    f"threads {torch.get_num_threads()}", f"torch {torch.__version__}",
+                    model_name or type(model).__name__, f"{sum(p.numel() for p in model.parameters())} parameters",
+                    "x".join(map(str, input_shape)), str(amp_dtype)])
+    file = speed_cache_file()
+    cached = _read_cache(file).get(key)
+    if cached is not None:
+        return bool(cached["channels_last"]), (f"cached verdict from {file} ({cached['reason']}; delete the entry "
+                                               "or pass --channels_last/--no-channels_last to change it)")
     timings = {fmt: _time_train_steps(model, input_shape, device, amp_dtype, fmt, steps)
                for fmt in (torch.contiguous_format, torch.channels_last)}
     contiguous, channels_last = timings[torch.contiguous_format], timings[torch.channels_last]
+    decision = channels_last < 0.95 * contiguous
     reason = f"probe: {contiguous * 1e3:.0f} ms contiguous vs {channels_last * 1e3:.0f} ms channels_last per step"
-    return channels_last < 0.95 * contiguous, reason
+    _write_cache(file, key, {"channels_last": decision, "reason": reason, "measured": time.strftime("%Y-%m-%d")})
+    return decision, f"{reason}, cached in {file}"
+
+
+def _read_cache(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(file: Path, key: str, value: dict) -> None:
+    """Add one verdict (a read-modify-write of a small file; a lost race only costs a second measurement)."""
+    from utils.checkpoint import atomic_write
+
+    entries = {**_read_cache(file), key: value}
+    text = json.dumps(entries, indent=1, sort_keys=True).encode("utf-8")
+    try:
+        atomic_write(file, lambda handle: handle.write(text))
+    except OSError:  # a read-only home: the verdict is still used for this run
+        pass
 
 
 def _time_train_steps(model: torch.nn.Module, input_shape: tuple[int, ...], device: torch.device,

@@ -1,0 +1,1 @@
+"""Launchers that run main.py's jobs under other engines."""

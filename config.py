@@ -144,6 +144,8 @@ class Config:
     debug: bool = False
     config: str | None = None
     print_config: bool = False
+    save_every_minutes: float | None = None
+    save_every_steps: int | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -199,6 +201,13 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
 
 
@@ -427,7 +436,9 @@ def _running_flags(g) -> None:
     d = Config()
     g.add_argument("--resume", nargs="+", default=d.resume, metavar="CKPT",
                    help="checkpoint: continue training, or the model of a job below; --predict takes several "
-                        "(checkpoints or exported .pt / .onnx files) and averages their probabilities")
+                        "(checkpoints or exported .pt / .onnx files) and averages their probabilities. 'auto' with "
+                        "--name NAME: continue CHECKPOINT_DIR/NAME/last.pth when it exists, else start the run (a "
+                        "finished run does nothing): the way to launch on clusters that stop and restart jobs")
     g.add_argument("--output", default=d.output, help="output path of a job (export file, report folder, ...)")
     g.add_argument("--split", default=d.split, help="split for --evaluation (and --onnx --int8 scoring): train, val "
                                                     "or test")
@@ -445,6 +456,11 @@ def _running_flags(g) -> None:
                         "supports --aug basic only and not --cache_images")
     g.add_argument("--stop_epoch", type=_positive_int, default=d.stop_epoch,
                    help="stop after this many epochs without changing the schedule; continue with --resume")
+    g.add_argument("--save_every_minutes", type=_positive_float, default=d.save_every_minutes, metavar="M",
+                   help="training: also write last.pth in the middle of an epoch every M minutes (rank 0's clock "
+                        "decides for all ranks); resuming from it is bit-identical to a run never stopped")
+    g.add_argument("--save_every_steps", type=_positive_int, default=d.save_every_steps, metavar="N",
+                   help="training: also write last.pth in the middle of an epoch every N optimizer steps")
     g.add_argument("--config", default=d.config, metavar="FILE.yaml",
                    help="defaults from a YAML file (keys are flag names, e.g. a run's config.yaml); flags typed on "
                         "the command line win")
@@ -587,7 +603,8 @@ RUNTIME_FLAGS = frozenset(dest for job in _JOBS for dest in job.dests)
 # run's name (the folder it sits in), so that --config FILE starts a new run instead of writing over that one.
 NOT_IN_CONFIG_YAML = (RUNTIME_FLAGS - {"device", "workers", "decode"}) | {"stop_epoch", "name"}
 # Options shared by some jobs but not all: each names the jobs it serves (checked by check_job_flags).
-SHARED_FLAGS = {"tta": ("evaluate", "predict"), "split": ("evaluate", "export_onnx", "export_jit")}
+SHARED_FLAGS = {"tta": ("evaluate", "predict"), "split": ("evaluate", "export_onnx", "export_jit"),
+                "save_every_minutes": (None, "repeat"), "save_every_steps": (None, "repeat")}  # None: training
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
@@ -676,16 +693,16 @@ def check_job_flags(cfg: Config, explicit: set[str], jobs: list[JobGroup]) -> No
     chosen = chosen_jobs(cfg, jobs)
     if len(chosen) > 1:
         raise FlagError(f"choose one job; got {', '.join(job.flag for job in chosen)}")
-    names = {job.name for job in chosen}
+    names = {job.name for job in chosen} or {None}
     for job in jobs:
         if job.name is None or job.name in names:
             continue
         for dest in sorted(set(job.dests) & explicit):
             raise FlagError(f"{_flag_name(dest)} belongs to {job.flag}; add {job.flag} or drop {_flag_name(dest)}")
-    by_name = {job.name: job for job in jobs}
+    label = {job.name: job.flag if job.name else "training" for job in jobs}
     for dest, owners in SHARED_FLAGS.items():
         if dest in explicit and not names & set(owners):
-            raise FlagError(f"{_flag_name(dest)} is used by {' and '.join(by_name[o].flag for o in owners)} only")
+            raise FlagError(f"{_flag_name(dest)} is used by {' and '.join(label[o] for o in owners)} only")
     if isinstance(cfg.resume, list) and names != {"predict"}:
         raise FlagError(f"--resume got {len(cfg.resume)} files; only --predict takes several (an ensemble)")
 

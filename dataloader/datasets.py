@@ -15,7 +15,9 @@ function of (seed, epoch, index): independent of worker count, rank and resume p
 from __future__ import annotations
 
 import csv
+import itertools
 import os
+import signal
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -394,15 +396,22 @@ class EpochAwareDistributedSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
                          drop_last=drop_last)
 
+    skip = 0  # keys left out of the next iteration only: a run resumed in the middle of an epoch
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        return ((int(index), epoch) for index in super().__iter__())
+        epoch, skip, self.skip = self.epoch, self.skip, 0
+        return itertools.islice(((int(index), epoch) for index in super().__iter__()), skip, None)
 
 
 def _worker_init(_worker_id: int) -> None:
     # Each loader worker is already one process per core; OpenCV's own thread pool would oversubscribe.
     # A no-op for forked workers (build_loader set it in the parent); needed under the spawn start method.
     cv2.setNumThreads(1)
+    # A preemption signal sent to the whole process group is the training process's to handle (it finishes its
+    # step and writes last.pth); a worker that died of it would fail the step first. Workers end with the loader.
+    for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def build_loader(

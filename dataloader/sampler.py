@@ -65,11 +65,13 @@ class ClassBalancedDistributedSampler(Sampler[tuple[int, int]]):
         rng = np.random.default_rng([BALANCE_STREAM, self.seed, epoch])
         return rng.choice(len(self.weights), size=self.total_size, replace=True, p=self.weights)
 
+    skip = 0  # keys left out of the next iteration only: a run resumed in the middle of an epoch
+
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        epoch = self.epoch
+        epoch, skip, self.skip = self.epoch, self.skip, 0
         indices = self.draw(epoch)
         copies = occurrence_numbers(indices)
-        keep = slice(self.rank, None, self.num_replicas)
+        keep = slice(self.rank + skip * self.num_replicas, None, self.num_replicas)
         return ((int(index), epoch, int(copy)) for index, copy in zip(indices[keep], copies[keep]))
 
     def __len__(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,15 +25,16 @@ from engine.device import autocast, to_model_input
 from engine.inference import predict_logits
 from engine.job import Job, default_run_name, open_job, run_dir, seed_everything
 from engine.objective import TrainingLoss, training_loss_from_config
+from engine.preemption import StepControl
 from models.heads import find_classifier_name
 from models.registry import batchnorm_lag_warning
 from optim import BackboneFreezer, Scheduler
 from optim.averaging import build_ema, build_swa, swa_start_epoch, update_bn
 from utils.checkpoint import (Checkpoint, capture_rng_state, keep_epoch_checkpoint, load_checkpoint,
                               restore_rng_state, save_checkpoint)
-from utils.distributed import (DistInfo, average_buffers, broadcast_buffers, broadcast_object, reduce_sum, unwrap,
-                               wrap_ddp)
-from utils.errors import UsageError
+from utils.distributed import (DistInfo, average_buffers, broadcast_buffers, broadcast_object, gather_objects,
+                               reduce_sum, unwrap, wrap_ddp)
+from utils.errors import Preempted, UsageError
 from utils.hardware import choose_amp, choose_channels_last, describe_hardware
 from utils.logger import RunRecorder, get_logger
 from utils.metrics import topk_correct
@@ -77,6 +79,9 @@ class TrainingRun:
     start_epoch: int = 0
     best_top1: float = -1.0
     best_epoch: int = -1
+    start_batch: int = 0  # resumed mid-epoch: batches of start_epoch already done, and their sums
+    partial: dict | None = None
+    metrics: dict | None = None  # the last finished epoch's
 
     @property
     def out_dir(self) -> Path:
@@ -91,9 +96,19 @@ class TrainingRun:
 def train(cfg: Config, explicit: set[str]) -> dict:
     """Train per ``cfg`` (resuming ``--resume``); returns the last epoch's metrics (on every rank)."""
     with open_job(cfg, explicit) as job:
+        if job.ckpt is not None and finished(job.cfg, job.ckpt):
+            job.log.info("run %s already finished: %s holds epoch %d of %d; nothing to do (raise --epochs to train "
+                         "longer)", job.cfg.name, job.cfg.resume, job.ckpt.epoch + 1, job.cfg.epochs)
+            return job.ckpt.metrics
         run = build_training_run(job)
         job.start_run_folder(run.out_dir, "train.log")
         return fit(run, job.log)
+
+
+def finished(cfg: Config, ckpt: Checkpoint) -> bool:
+    """Whether ``ckpt`` ends the run ``cfg`` asks for (all epochs, or --stop_epoch, done; not mid-epoch)."""
+    last = min(cfg.epochs, cfg.stop_epoch) if cfg.stop_epoch is not None else cfg.epochs
+    return ckpt.batches_done == 0 and ckpt.epoch + 1 >= last
 
 
 def build_training_run(job: Job) -> TrainingRun:
@@ -129,7 +144,8 @@ def build_training_run(job: Job) -> TrainingRun:
                       freezer=None)
     if ckpt is not None:
         restore_training_state(run, ckpt)
-        log.info("resumed %s at epoch %d (best val top-1 %.2f)", cfg.resume, run.start_epoch, run.best_top1)
+        log.info("resumed %s at epoch %d%s (best val top-1 %.2f)", cfg.resume, run.start_epoch + 1,
+                 f", after its batch {run.start_batch}" if run.start_batch else "", run.best_top1)
     if cfg.sync_bn and info.is_distributed:
         run.model = convert_sync_batchnorm(run.model, info.device)
     run.freezer = BackboneFreezer(run.model, head=find_classifier_name(run.model), epochs=cfg.freeze)
@@ -166,7 +182,14 @@ def build_data(cfg: Config, info: DistInfo, log) -> tuple[DataSplits, object, ob
 
 
 def restore_training_state(run: TrainingRun, ckpt: Checkpoint) -> None:
-    """Continue where ``ckpt`` stopped: weights, optimizer, schedule, scaler, loss statistics, averages and RNG."""
+    """Continue where ``ckpt`` stopped: weights, optimizer, schedule, scaler, loss statistics, averages, every
+    rank's RNG and, for a mid-epoch checkpoint, the position in the epoch."""
+    if ckpt.world_size is not None and ckpt.world_size != run.info.world_size:
+        raise UsageError(f"--resume {run.cfg.resume} was trained by {ckpt.world_size} process(es) and this run has "
+                         f"{run.info.world_size}: the global batch (and with --lr_scale_batch the lr), the data each "
+                         f"process reads and the position in the epoch would change. Resume with "
+                         f"{ckpt.world_size} process(es) (torchrun --nproc_per_node/--nnodes), or start a new run "
+                         "from these weights with --pretrained")
     run.model.load_state_dict(ckpt.resume_weights)
     if ckpt.optimizer is None:
         raise UsageError(f"--resume {run.cfg.resume} holds weights without a training state (an average); "
@@ -179,44 +202,66 @@ def restore_training_state(run: TrainingRun, ckpt: Checkpoint) -> None:
         if averaged is not None and state is not None:
             averaged.load_state_dict(state)
     run.start_epoch, run.best_top1, run.best_epoch = ckpt.epoch + 1, ckpt.best_top1, ckpt.best_epoch
-    restore_rng_state(ckpt.rng)
+    run.start_batch, run.partial, run.metrics = ckpt.batches_done, ckpt.partial, ckpt.metrics
+    per_rank = ckpt.rng_per_rank
+    restore_rng_state(per_rank[run.info.rank] if per_rank and len(per_rank) == run.info.world_size else ckpt.rng)
 
 
 def fit(run: TrainingRun, log) -> dict:
-    """Train from ``run.start_epoch`` to the last epoch: a step pass, validation, checkpoints and logs per epoch;
-    early stopping; SWA's finish. Returns the last epoch's metrics."""
+    """Train from where ``run`` starts to the last epoch: a step pass, validation, checkpoints and logs per epoch;
+    early stopping; SWA's finish. A stop signal ends it with ``Preempted`` once last.pth is written (see
+    engine/preemption.py). Returns the last epoch's metrics."""
     cfg, info = run.cfg, run.info
     recorder = RunRecorder(cfg.log_dir + "/" + cfg.name, run.out_dir / "summary.csv", info.is_main)
-    metrics: dict = {}
-    for epoch in range(run.start_epoch, run.last_epoch):
-        metrics = run_epoch(run, epoch)
-        record_epoch(recorder, metrics, cfg, log)
-        if cfg.patience is not None and epoch - run.best_epoch >= cfg.patience:
-            log.info("early stopping: val top-1 has not improved for %d epochs (best %.2f at epoch %d)",
-                     cfg.patience, run.best_top1, run.best_epoch + 1)
-            break
-    else:
-        if run.swa is not None and run.last_epoch == cfg.epochs and run.start_epoch < cfg.epochs:
-            metrics = {**metrics, **finish_swa(run, log)}
-            run.best_top1 = max(run.best_top1, metrics.get("swa_val_top1", run.best_top1))
-    recorder.close()
+    control = StepControl(save_every_minutes=cfg.save_every_minutes, save_every_steps=cfg.save_every_steps,
+                          is_main=info.is_main).install()
+    metrics: dict = run.metrics or {}
+    try:
+        for epoch in range(run.start_epoch, run.last_epoch):
+            metrics = run_epoch(run, epoch, control)
+            record_epoch(recorder, metrics, cfg, log)
+            if control.stop_requested():
+                raise Preempted(f"stopped by {control.signal_name} after epoch {epoch + 1}; last.pth holds it")
+            if cfg.patience is not None and epoch - run.best_epoch >= cfg.patience:
+                log.info("early stopping: val top-1 has not improved for %d epochs (best %.2f at epoch %d)",
+                         cfg.patience, run.best_top1, run.best_epoch + 1)
+                break
+        else:
+            if run.swa is not None and run.last_epoch == cfg.epochs and run.start_epoch < cfg.epochs:
+                metrics = {**metrics, **finish_swa(run, log)}
+                run.best_top1 = max(run.best_top1, metrics.get("swa_val_top1", run.best_top1))
+    except Preempted as stop:
+        log.warning("%s; continue with --resume auto --name %s (or --resume %s); exit code %d", stop.message,
+                    cfg.name, run.out_dir / "last.pth", stop.code)
+        raise
+    finally:
+        control.uninstall()
+        recorder.close()
     log.info("%s; checkpoints in %s (best.pth, last.pth), summary %s, TensorBoard %s/%s",
              f"best val top-1 {run.best_top1:.2f}" if run.val_loader is not None else "no validation", run.out_dir,
              run.out_dir / "summary.csv", cfg.log_dir, cfg.name)
     return metrics
 
 
-def run_epoch(run: TrainingRun, epoch: int) -> dict:
-    """One epoch: train, average, validate, choose best.pth's candidate and save. Returns the epoch's metrics."""
+def run_epoch(run: TrainingRun, epoch: int, control: StepControl | None = None) -> dict:
+    """One epoch (or the rest of a resumed one): train, average, validate, choose best.pth's candidate and save.
+    Returns the epoch's metrics."""
     cfg, info = run.cfg, run.info
+    start_batch, partial = (run.start_batch, run.partial) if epoch == run.start_epoch else (0, None)
     run.train_loader.sampler.set_epoch(epoch)
-    started, lr = time.time(), run.optimizer.param_groups[0]["lr"]
+    started = time.time()
+    lr = partial["lr"] if partial else run.optimizer.param_groups[0]["lr"]
     swa_lr = cfg.swa_lr if run.swa is not None and epoch >= run.swa_start else None
     if run.freezer.set_epoch(epoch) and info.is_distributed:  # unfrozen: a new DDP wrapper hooks the backbone too
         run.ddp_model = maybe_compile(wrap_ddp(run.model, info), run.model, cfg, info, get_logger())
+
+    def on_save(batches_done: int, sums: dict) -> None:
+        save_mid_epoch(run, epoch, batches_done, {**sums, "lr": lr})
+
     train_stats = train_one_epoch(run.ddp_model, run.train_loader, run.step_loss, run.optimizer, run.scheduler,
                                   run.scaler, cfg, run.preprocessing, info, epoch, ema=run.ema, swa_lr=swa_lr,
-                                  freezer=run.freezer)
+                                  freezer=run.freezer, start_batch=start_batch, partial=partial, control=control,
+                                  on_save=on_save)
     broadcast_buffers(run.model)
     if run.swa is not None and epoch >= run.swa_start:
         run.swa.update_parameters(run.model)
@@ -227,22 +272,29 @@ def run_epoch(run: TrainingRun, epoch: int) -> dict:
     improved = run.val_loader is None or top1 > run.best_top1  # without val, best.pth follows the latest weights
     if improved:
         run.best_top1, run.best_epoch = top1, epoch
-    metrics = {"epoch": epoch, **train_stats, **val_stats, "lr": lr, "seconds": round(time.time() - started, 2)}
+    run.metrics = {"epoch": epoch, **train_stats, **val_stats, "lr": lr, "seconds": round(time.time() - started, 2)}
+    rngs = gather_objects(capture_rng_state())
     if info.is_main:
-        save_epoch(run, epoch, metrics, best=(source, best_weights) if improved else None)
-    return metrics
+        save_epoch(run, epoch, rngs, best=(source, best_weights) if improved else None)
+    return run.metrics
 
 
-def save_epoch(run: TrainingRun, epoch: int, metrics: dict, best: tuple[str, torch.nn.Module] | None) -> None:
+def training_state(run: TrainingRun, epoch: int, rngs: list) -> Checkpoint:
+    """Everything a resumed run needs, as it stands now; ``epoch`` is the last finished one."""
+    return Checkpoint(config=run.cfg.to_dict(), class_names=run.class_names,
+                      preprocessing=run.preprocessing.to_dict(), model=run.model.state_dict(), epoch=epoch,
+                      best_top1=run.best_top1, best_epoch=run.best_epoch, metrics=run.metrics or {},
+                      optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+                      scaler=run.scaler.state_dict(), criterion=run.criterion.state_dict(),
+                      ema=run.ema.state_dict() if run.ema is not None else None,
+                      swa=run.swa.state_dict() if run.swa is not None else None, rng=rngs[0], rng_per_rank=rngs,
+                      world_size=run.info.world_size)
+
+
+def save_epoch(run: TrainingRun, epoch: int, rngs: list, best: tuple[str, torch.nn.Module] | None) -> None:
     """last.pth (and epoch_NNN.pth with --keep_epochs); best.pth when this epoch improved, holding the better of
     model and EMA as its weights and the model as the weights to continue from."""
-    state = Checkpoint(config=run.cfg.to_dict(), class_names=run.class_names,
-                       preprocessing=run.preprocessing.to_dict(), model=run.model.state_dict(), epoch=epoch,
-                       best_top1=run.best_top1, best_epoch=run.best_epoch, metrics=metrics,
-                       optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
-                       scaler=run.scaler.state_dict(), criterion=run.criterion.state_dict(),
-                       ema=run.ema.state_dict() if run.ema is not None else None,
-                       swa=run.swa.state_dict() if run.swa is not None else None, rng=capture_rng_state())
+    state = training_state(run, epoch, rngs)
     save_checkpoint(state, run.out_dir / "last.pth")
     if run.cfg.keep_epochs > 0:
         keep_epoch_checkpoint(run.out_dir / "last.pth", epoch, run.cfg.keep_epochs)
@@ -250,6 +302,14 @@ def save_epoch(run: TrainingRun, epoch: int, metrics: dict, best: tuple[str, tor
         source, weights = best
         save_checkpoint(state.replace(model=weights.state_dict(), train_model=state.model, weights=source),
                         run.out_dir / "best.pth")
+
+
+def save_mid_epoch(run: TrainingRun, epoch: int, batches_done: int, partial: dict) -> None:
+    """last.pth in the middle of ``epoch`` (called on every rank: each one's RNG state goes in; rank 0 writes)."""
+    rngs = gather_objects(capture_rng_state())
+    if run.info.is_main:
+        state = training_state(run, epoch - 1, rngs).replace(batches_done=batches_done, partial=partial)
+        save_checkpoint(state, run.out_dir / "last.pth")
 
 
 def record_epoch(recorder: RunRecorder, metrics: dict, cfg: Config, log) -> None:
@@ -318,7 +378,8 @@ def choose_speed_settings(cfg: Config, model: torch.nn.Module, info: DistInfo, l
 
 def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, cfg: Config, preprocessing,
                     info: DistInfo, epoch: int, ema=None, swa_lr: float | None = None,
-                    freezer: BackboneFreezer | None = None) -> dict:
+                    freezer: BackboneFreezer | None = None, start_batch: int = 0, partial: dict | None = None,
+                    control: StepControl | None = None, on_save: Callable[[int, dict], None] | None = None) -> dict:
     """One pass over the training shard; loss and accuracy stay on the device until the end of the epoch.
 
     ``loss_fn(logits, targets, inputs, indices, epoch)`` is the step loss (engine/objective.py), or a plain
@@ -326,21 +387,25 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, cfg: C
 
     With ``--accum_steps N`` the optimizer steps every N batches on the mean gradient of those batches (DDP
     all-reduces only on the last of them); the schedule counts optimizer steps.
+
+    A run resumed mid-epoch passes ``start_batch`` (the loader's sampler skips those batches) and the epoch's
+    ``partial`` sums. After each optimizer step ``control`` may ask for a checkpoint: ``on_save(batches done,
+    sums so far over all ranks)`` writes it, and on a stop signal the epoch ends there with ``Preempted``.
     """
     if not isinstance(loss_fn, TrainingLoss):
         loss_fn = TrainingLoss(loss_fn)
     model.train()
     if freezer is not None:
         freezer.hold_norms()  # a frozen backbone keeps its BatchNorm statistics too
-    loss_sum = torch.zeros((), device=info.device, dtype=torch.float64)
-    correct = torch.zeros((), device=info.device, dtype=torch.long)
-    seen, steps = 0, len(loader)
+    loss_sum, correct, seen = epoch_sums(partial if info.is_main else None, info.device)
+    steps = len(loader)
     batch_augment = batch_augment_of(cfg, info.rank)  # multi-scale and mixes (dataloader/mix.py); may be identity
     penalised = [p for p in model.parameters() if p.ndim > 1] if cfg.l1 or cfg.l2 else []
+    loader.sampler.skip = start_batch * loader.batch_size
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not info.is_main, leave=False,
-               mininterval=1.0, dynamic_ncols=True)
+               mininterval=1.0, dynamic_ncols=True, initial=start_batch)
     optimizer.zero_grad(set_to_none=True)
-    for step, (images, targets, indices) in enumerate(bar):
+    for step, (images, targets, indices) in enumerate(bar, start=start_batch):
         inputs = to_model_input(images, preprocessing, info.device, cfg.channels_last)
         targets = targets.to(info.device, non_blocking=True)
         inputs, targets = batch_augment(inputs, targets, epoch=epoch, step=step)  # mixes give (N, C) targets
@@ -366,9 +431,31 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, cfg: C
         if (step + 1) % cfg.log_interval == 0:  # the only host sync inside the loop
             _check_finite(loss_sum.item() / seen, epoch, step)
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        if boundary and control is not None and step + 1 < steps:
+            stop_after_saving(control, on_save, step + 1, (loss_sum, correct, seen), info, epoch)
     total_loss, total_correct, total_seen = reduce_sum([loss_sum.item(), correct.item(), seen], info.device)
     _check_finite(total_loss / total_seen, epoch, len(loader) - 1)
     return {"train_loss": total_loss / total_seen, "train_top1": 100.0 * total_correct / total_seen}
+
+
+def epoch_sums(partial: dict | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The epoch's running loss sum, correct count and sample count: zero, or a resumed epoch's sums so far."""
+    partial = partial or {"loss_sum": 0.0, "correct": 0, "seen": 0}
+    return (torch.tensor(float(partial["loss_sum"]), device=device, dtype=torch.float64),
+            torch.tensor(int(partial["correct"]), device=device, dtype=torch.long), int(partial["seen"]))
+
+
+def stop_after_saving(control: StepControl, on_save, batches_done: int, sums: tuple, info: DistInfo,
+                      epoch: int) -> None:
+    """At an optimizer-step boundary: write the mid-epoch checkpoint when due, and stop when a signal came."""
+    save, stop = control.poll()
+    if not save:
+        return
+    loss_sum, correct, seen = reduce_sum([sums[0].item(), sums[1].item(), sums[2]], info.device)
+    on_save(batches_done, {"loss_sum": loss_sum, "correct": int(correct), "seen": int(seen)})
+    if stop:
+        raise Preempted(f"stopped by {control.signal_name} after batch {batches_done} of epoch {epoch + 1}; "
+                        "last.pth holds that position")
 
 
 def optimizer_step(model, optimizer, scaler, clip_grad: float | None) -> None:

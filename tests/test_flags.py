@@ -115,7 +115,9 @@ def test_every_flag_is_exercised_somewhere():
                          # tests/test_visualize.py (CAM methods, peaks, contact sheet, folder input)
                          "visual_data", "visual_method", "target_layer", "visual_limit",
                          # tests/test_checkpoint_format.py (config.yaml round trip) and tests/test_errors.py
-                         "config", "print_config", "debug"}
+                         "config", "print_config", "debug",
+                         # tests/test_preemption.py (mid-epoch checkpoints, signals, elastic restarts)
+                         "save_every_minutes", "save_every_steps"}
     flags_here = {a.lstrip("-").removeprefix("no-") for flags, _ in FLAG_SETS.values() for a in flags
                   if a.startswith("--")}
     dests = {a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"}

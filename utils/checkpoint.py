@@ -138,6 +138,10 @@ class Checkpoint:
     rng: dict | None = None
     averaged_from: list[str] | None = None
     bn_updated: bool = False
+    batches_done: int = 0  # > 0: saved in the middle of epoch ``epoch + 1`` after this many of its batches
+    partial: dict | None = None  # that epoch's loss and accuracy sums so far (over all ranks)
+    world_size: int | None = None  # processes that trained it (None: written before this was recorded)
+    rng_per_rank: list | None = None  # every rank's RNG state, in rank order (``rng`` is rank 0's)
 
     @property
     def resume_weights(self) -> dict:

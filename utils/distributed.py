@@ -54,16 +54,34 @@ def init_distributed(device: str = "auto") -> DistInfo:
         if local_world > 1 and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None,
+                                **_restart_store(rank, world_size))
     _OPENED += 1
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
 
 
+def _restart_store(rank: int, world_size: int) -> dict:
+    """Under torchrun the workers share the elastic agent's store, which outlives a restart of the workers
+    (``--max-restarts``): keys the previous attempt wrote (e.g. gloo's peer addresses) would be read by the new
+    one, which then connects to dead processes (seen here: 'Connection refused' or a hang after kill -9 of one
+    worker). Each attempt gets its own key prefix. Elsewhere: {} (torch's env:// rendezvous)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return {}
+    from datetime import timedelta
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                          timeout=timedelta(minutes=10))
+    attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+    return {"store": dist.PrefixStore(f"classifier/attempt_{attempt}", store), "rank": rank,
+            "world_size": world_size}
+
+
 def cleanup_distributed() -> None:
-    global _OPENED
+    global _OPENED, _HOST_GROUP
     _OPENED = max(0, _OPENED - 1)
     if _OPENED == 0 and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        _HOST_GROUP = None
 
 
 def is_dist() -> bool:
@@ -170,6 +188,31 @@ def _first_occurrence(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     keep = torch.ones_like(sorted_idx, dtype=torch.bool)
     keep[1:] = sorted_idx[1:] != sorted_idx[:-1]
     return sorted_idx[keep], order[keep]
+
+
+_HOST_GROUP = None  # a gloo group for small host-side collectives when the main backend is nccl
+
+
+def any_rank(flags: list[bool]) -> list[bool]:
+    """Each flag OR-ed over all ranks, on the host (a gloo group beside nccl, so the GPU stream is not synced):
+    every rank takes the same decision at the same step (stop on a signal, write a checkpoint)."""
+    if not is_dist():
+        return list(flags)
+    global _HOST_GROUP
+    if _HOST_GROUP is None:
+        _HOST_GROUP = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    tensor = torch.tensor([int(f) for f in flags], dtype=torch.int32)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
+    return [bool(v) for v in tensor.tolist()]
+
+
+def gather_objects(obj: object) -> list[object]:
+    """One picklable object from every rank, in rank order, on every rank (e.g. each rank's RNG state)."""
+    if not is_dist():
+        return [obj]
+    out: list[object] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast_object(obj: object) -> object:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -81,7 +82,10 @@ class Job:
         if self.info.is_main:
             folder.mkdir(parents=True, exist_ok=True)
             write_config_yaml(self.cfg, folder / "config.yaml")
-        attach_log_file(folder / log_name, self.info.is_main)
+            attach_log_file(folder / log_name, True)
+        elif self.info.local_rank == 0:  # every other node keeps its own log (folders need not be shared)
+            node = os.environ.get("GROUP_RANK", str(self.info.rank // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+            attach_log_file(folder / f"{Path(log_name).stem}.node{node}.log", True)
         return folder
 
 
@@ -96,7 +100,7 @@ def open_job(cfg: Config, explicit: set[str], *, checkpoint: str = "optional", m
     predict). The process group is closed however the job ends.
     """
     info = init_distributed(device or cfg.device)
-    log = setup_logging(None, info.is_main)
+    log = setup_logging(None, info.is_main or info.local_rank == 0)  # rank 0 and, on other nodes, their first
     try:
         if checkpoint == "required" and not cfg.resume:
             raise UsageError(missing)

@@ -371,7 +371,7 @@ def choose_speed_settings(cfg: Config, model: torch.nn.Module, info: DistInfo, l
     if info.is_main:  # one measurement (or cache read) for the whole world
         channels_last, why = choose_channels_last(cfg.channels_last, model, probe_shape, info.device, amp_dtype,
                                                   model_name=cfg.model)
-    cfg.amp, cfg.channels_last = broadcast_object((amp, channels_last))
+    cfg.amp, cfg.channels_last, why = broadcast_object((amp, channels_last, why))
     log.info("speed settings on %s: amp %s, channels_last %s (%s)", describe_hardware(info.device), cfg.amp,
              cfg.channels_last, why)
 

@@ -151,3 +151,31 @@ def test_same_command_same_weights_while_the_machine_is_busy(tiny_digits, tmp_pa
     a, b = (load_checkpoint(tmp_path / f"ck/{name}/last.pth") for name in ("idle", "busy"))
     assert a.config["channels_last"] == b.config["channels_last"]
     assert all(torch.equal(a.model[k], b.model[k]) for k in a.model)
+
+
+def test_two_launchers_on_loopback_recover_from_a_killed_worker(reference, tiny_digits, tmp_path):
+    """Two torchrun launchers ("nodes", 1 process each, c10d rendezvous on loopback): the second node's training
+    process is killed; both launchers restart their workers, which continue from the periodic checkpoint and end
+    with the weights of the uninterrupted 2-process run. The second node keeps its own log."""
+    import socket
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = recipe(tiny_digits, tmp_path, "nodes", "--no-channels_last", "--resume", "auto", "--save_every_steps", "4")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id=nodes{port}",
+                "--max-restarts=2", "main.py", *args]
+    first = subprocess.Popen(launcher, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    time.sleep(1)  # the first launcher hosts the rendezvous store
+    second = start_and_wait_for_checkpoint(launcher, tmp_path / "ck/nodes/last.pth")
+    worker = subprocess.run(["pgrep", "-P", str(second.pid)], capture_output=True, text=True).stdout.split()
+    assert len(worker) == 1, worker
+    os.kill(int(worker[0]), signal.SIGKILL)
+    outputs = [proc.communicate(timeout=TIMEOUT)[0] for proc in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outputs[1][-3000:]
+    assert all("resumed" in output for output in outputs)
+    assert_same_weights(reference[2], tmp_path / "ck/nodes/last.pth")
+    node_log = (tmp_path / "ck/nodes/train.node1.log").read_text()
+    assert "resumed" in node_log and "epoch 4/4" in node_log

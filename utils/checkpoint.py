@@ -198,3 +198,41 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         raise CheckpointError(f"{flag} {path} cannot be read as a checkpoint ({first[:160]}); pass a complete .pth "
                               "file written by this project's training (for plain weights use --pretrained)") from exc
     return Checkpoint.from_dict(state, path)
+
+
+def compare_weights(first: str | Path, second: str | Path) -> list[str]:
+    """Names of the weight tensors (and EMA/SWA tensors) that differ between two checkpoints; [] when identical."""
+    a, b = load_checkpoint(first), load_checkpoint(second)
+    differ = []
+    for part in ("model", "ema", "swa"):
+        x, y = getattr(a, part) or {}, getattr(b, part) or {}
+        if x.keys() != y.keys():
+            differ.append(f"{part}: different entries")
+            continue
+        differ += [f"{part}.{k}" for k in x if isinstance(x[k], torch.Tensor) and not torch.equal(x[k], y[k])]
+    return differ
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m utils.checkpoint same A.pth B.pth``: exit 0 when the two hold bit-identical weights."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Compare the weights of two checkpoints bit for bit.")
+    parser.add_argument("command", choices=["same"])
+    parser.add_argument("first")
+    parser.add_argument("second")
+    args = parser.parse_args(argv)
+    try:
+        differ = compare_weights(args.first, args.second)
+    except (OSError, CheckpointError) as error:
+        print(f"error: {error}")
+        return 2
+    if differ:
+        print(f"{len(differ)} tensors differ between {args.first} and {args.second}, e.g. {differ[:3]}")
+        return 1
+    print(f"same weights: {args.first} and {args.second} are bit-identical")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -42,10 +42,10 @@ def setup_logging(log_file: str | Path | None, is_main: bool) -> logging.Logger:
     return logger
 
 
-def attach_log_file(log_file: str | Path, is_main: bool) -> None:
-    """From now on rank 0 also logs to ``log_file`` (appending: a resumed run continues its log), which first
-    receives the records kept since setup_logging."""
-    if not is_main:
+def attach_log_file(log_file: str | Path, enabled: bool) -> None:
+    """From now on this process also logs to ``log_file`` (appending: a resumed run continues its log), which
+    first receives the records kept since setup_logging. A no-op where not ``enabled``."""
+    if not enabled:
         return
     logger = logging.getLogger(LOGGER_NAME)
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)

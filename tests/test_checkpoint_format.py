@@ -102,3 +102,17 @@ def test_print_config_prints_the_resolved_yaml_and_exits(capsys, tmp_path):
     assert values["model"] == "small_cnn_tiny" and values["lr"] == 0.3 and values["image_size"] == [16, 16]
     assert not (tmp_path / "ck").exists()
     json.dumps(values)  # plain types only
+
+
+def test_same_weights_command(tmp_path, capsys):
+    from utils.checkpoint import main as checkpoint_cli
+
+    ckpt = load_checkpoint(LEGACY)
+    save_checkpoint(ckpt, tmp_path / "copy.pth")
+    assert checkpoint_cli(["same", str(LEGACY), str(tmp_path / "copy.pth")]) == 0
+    changed = dict(ckpt.model)
+    changed["fc.bias"] = changed["fc.bias"] + 1
+    save_checkpoint(ckpt.replace(model=changed), tmp_path / "changed.pth")
+    assert checkpoint_cli(["same", str(LEGACY), str(tmp_path / "changed.pth")]) == 1
+    assert "model.fc.bias" in capsys.readouterr().out
+    assert checkpoint_cli(["same", str(LEGACY), str(tmp_path / "none.pth")]) == 2

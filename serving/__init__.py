@@ -1,0 +1,1 @@
+"""Serving exported models: loading any export (runtime.py) and the HTTP inference service."""

@@ -24,15 +24,12 @@ import sys
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from launch.common import LauncherError, restartable_training  # noqa: E402
 from main import exit_code  # noqa: E402
 from utils.errors import USAGE_EXIT  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY_REQUIREMENT = "ray[train]==2.60.0"  # the pin of requirements.txt
-
-
-class LauncherError(Exception):
-    """A mistake in the launcher's command line or environment: one ``error:`` line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,26 +64,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def training_argv(argv: list[str], *, use_gpu: bool) -> tuple[list[str], str]:
     """main.py's flags as every worker runs them (with ``--resume auto``), and the run's name; refuses a command
     a restart could not continue, before any worker starts."""
-    from config import chosen_jobs, parse_config
-
-    cfg, _ = parse_config(argv)
-    if chosen_jobs(cfg):
-        raise LauncherError(f"launch/ray_train.py runs training; drop {', '.join(j.flag for j in chosen_jobs(cfg))} "
-                            "(run other jobs with python main.py)")
-    if not cfg.name:
-        raise LauncherError("name the run with --name NAME after --: Ray's restarts continue "
-                            "CHECKPOINT_DIR/NAME/last.pth through --resume auto")
-    if cfg.resume not in (None, "auto"):
-        raise LauncherError(f"--resume {cfg.resume}: under Ray a restart must continue its own run, so the launcher "
-                            "uses --resume auto; start from other weights with --pretrained")
+    argv, cfg = restartable_training(argv, launcher="launch/ray_train.py", restart="Ray's restarts")
     if use_gpu and cfg.device == "cpu":
         raise LauncherError("--use_gpu gives each worker a GPU and Ray an nccl process group; drop --device cpu")
     if not use_gpu and cfg.device == "cuda":
         raise LauncherError("--device cuda needs --use_gpu: without it Ray's workers have no GPU and a gloo group")
-    from applications.train import check
-
-    check(cfg)  # the recipe's cross-flag rules, here rather than once per worker and restart
-    return (argv if cfg.resume else [*argv, "--resume", "auto"]), cfg.name
+    return argv, cfg.name
 
 
 def train_worker(config: dict) -> dict:

@@ -33,14 +33,11 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import submitit  # noqa: E402
 
+from launch.common import LauncherError, restartable_training  # noqa: E402
 from utils.errors import PREEMPTED_EXIT, USAGE_EXIT  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STOP_SIGNAL = signal.SIGUSR1  # one of the signals the training stops on (engine/preemption.py)
-
-
-class LauncherError(Exception):
-    """A mistake in the launcher's command line or environment: one ``error:`` line, exit code 2."""
 
 
 def requeue_signal() -> signal.Signals:
@@ -182,22 +179,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def training_argv(argv: list[str]) -> tuple[list[str], str]:
     """main.py's flags as every task runs them (with ``--resume auto``), and the run's name; refuses a command a
     requeued job could not continue, before anything is submitted."""
-    from config import chosen_jobs, parse_config
-
-    cfg, _ = parse_config(argv)
-    if chosen_jobs(cfg):
-        raise LauncherError(f"launch/slurm.py runs training; drop {', '.join(j.flag for j in chosen_jobs(cfg))} "
-                            "(run other jobs with python main.py)")
-    if not cfg.name:
-        raise LauncherError("name the run with --name NAME after --: a requeued job continues "
-                            "CHECKPOINT_DIR/NAME/last.pth through --resume auto")
-    if cfg.resume not in (None, "auto"):
-        raise LauncherError(f"--resume {cfg.resume}: a requeued job must continue its own run, so the launcher uses "
-                            "--resume auto; start from other weights with --pretrained")
-    from applications.train import check
-
-    check(cfg)  # the recipe's cross-flag rules, here rather than in the queue
-    return (argv if cfg.resume else [*argv, "--resume", "auto"]), cfg.name
+    argv, cfg = restartable_training(argv, launcher="launch/slurm.py", restart="a requeued job")
+    return argv, cfg.name
 
 
 def build_executor(args: argparse.Namespace, name: str) -> submitit.Executor:

@@ -247,7 +247,8 @@ def _model_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g.add_argument("--prior_bias", type=float, default=d.prior_bias,
                    help="sample-free init: set the final bias so each class starts at this probability")
     g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=d.channels_last,
-                   help="channels_last memory format; unset: on for CUDA, measured on the model for CPU")
+                   help="channels_last memory format; unset: on for CUDA; on a CPU measured once for this model, "
+                        "input size and AMP, and cached (~/.cache/image-classifier/speed_choices.json)")
     g.add_argument("--head", choices=["linear", "cosine"], default=d.head,
                    help="classifier: linear, or cosine (outputs arc_scale * cos(theta), no bias); unset: cosine for "
                         "the margin losses (arcface, amsoftmax), linear otherwise")

@@ -88,3 +88,38 @@ def test_ddp_scaling_prints_three_runs(source, tmp_path):
         positive_number(row["ratio vs 1 process"])
     assert rows[0]["ratio vs 1 process"] == "1.00"
     assert "2-process epoch =" in out and "CPU capability" in out, out
+
+
+def test_checkpoint_overhead_prints_tables_and_results(source, tmp_path):
+    """Tiny settings: a small_cnn_tiny write row, the recipe on 40 images at batch 4 (saves every step), one
+    interleaved epoch; the recipe's flags must still be z_task_shell/fashion_mnist.sh's."""
+    import json
+
+    from benchmarks.checkpoint_overhead import RECIPE
+
+    script = (REPO / "z_task_shell" / "fashion_mnist.sh").read_text().replace("\\\n", " ")
+    assert " ".join(RECIPE.split()) in " ".join(script.split()), "RECIPE no longer matches fashion_mnist.sh"
+    data = image_folder(root=tmp_path, source=source, images=40, source_size=28, fmt="png")
+    out = run_script("checkpoint_overhead.py", [
+        "--models", "small_cnn_tiny", "--writes", "2", "--pairs", "1", "--save_every_steps", "1", "-b", "4",
+        "--interleaved_epochs", "1", "--block", "2", "--poll_calls", "1000", "--data", str(data), "--root",
+        str(tmp_path), "--source", str(source), "--dir", str(tmp_path), "--out", str(tmp_path / "results")])
+    writes = parse_markdown_table(out)
+    assert [r["model"] for r in writes] == ["small_cnn_tiny", "small_cnn (Fashion-MNIST recipe, 28 px)"], out
+    for row in writes:
+        positive_number(row["file MB"]), positive_number(row["write ms"])
+    recipe = out.split("## Fashion-MNIST recipe", 1)[1]
+    steps = int(recipe.split(" steps per epoch", 1)[0].rsplit(" ", 1)[1])
+    epochs = parse_markdown_table(recipe)
+    assert [r["variant"].split()[0] for r in epochs] == ["without", "--save_every_steps", "interleaved:"], out
+    # a save after every step but the last; interleaved: after the steps of every second block of 2
+    interleaved = sum((k - 1) // 2 % 2 for k in range(1, steps))
+    assert [float(r["mid-epoch saves per epoch"]) for r in epochs] == [0, steps - 1, interleaved], out
+    overhead = parse_markdown_table(out.split("## Overhead", 1)[1])
+    assert len(overhead) == 5 and overhead[-1]["overhead"].startswith("**"), out
+    assert "verdict: PASS" in out and "CPU capability" in out, out
+    report = json.loads((tmp_path / "results" / "report.json").read_text())
+    assert report["summary"]["saves_in_with_epochs"] == steps - 1 and report["summary"]["meets_target"] is True
+    assert [e["variant"] for e in report["epochs"]] == ["warm-up", "without", "with", "interleaved"]
+    assert (tmp_path / "results" / "summary.csv").read_text().startswith("part,item,metric,value")
+    assert not list(tmp_path.glob("checkpoint_overhead-*")), "the checkpoint folder was not removed"

@@ -57,7 +57,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
 
 def save_checkpoint(ckpt: "Checkpoint", path: str | Path) -> None:
     """Write a checkpoint atomically (see atomic_write) as a plain dict of tensors and Python types."""
-    atomic_write(path, lambda handle: torch.save(ckpt.to_dict(), handle))
+    atomic_write(path, lambda handle: serialise(ckpt, handle))
+
+
+def serialise(ckpt: "Checkpoint", handle: BinaryIO) -> None:
+    """The checkpoint's bytes, written to ``handle`` (a file, or memory to time the serialisation alone)."""
+    torch.save(ckpt.to_dict(), handle)
 
 
 EPOCH_CHECKPOINT = re.compile(r"^epoch_(\d+)\.pth$")

@@ -89,8 +89,7 @@ class TrainingRun:
 
     @property
     def last_epoch(self) -> int:
-        """The epoch count this invocation stops at (--stop_epoch ends early without changing the schedule)."""
-        return min(self.cfg.epochs, self.cfg.stop_epoch) if self.cfg.stop_epoch is not None else self.cfg.epochs
+        return last_epoch_of(self.cfg)
 
 
 def train(cfg: Config, explicit: set[str]) -> dict:
@@ -107,8 +106,12 @@ def train(cfg: Config, explicit: set[str]) -> dict:
 
 def finished(cfg: Config, ckpt: Checkpoint) -> bool:
     """Whether ``ckpt`` ends the run ``cfg`` asks for (all epochs, or --stop_epoch, done; not mid-epoch)."""
-    last = min(cfg.epochs, cfg.stop_epoch) if cfg.stop_epoch is not None else cfg.epochs
-    return ckpt.batches_done == 0 and ckpt.epoch + 1 >= last
+    return ckpt.batches_done == 0 and ckpt.epoch + 1 >= last_epoch_of(cfg)
+
+
+def last_epoch_of(cfg: Config) -> int:
+    """The epoch count an invocation stops at (--stop_epoch ends early without changing the schedule)."""
+    return min(cfg.epochs, cfg.stop_epoch) if cfg.stop_epoch is not None else cfg.epochs
 
 
 def build_training_run(job: Job) -> TrainingRun:

@@ -140,6 +140,15 @@ class Config:
     visual_method: str = "grad-cam"
     target_layer: str | None = None
     visual_limit: int = 64
+    # the HTTP inference service (serving/)
+    serve: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_size: int = 16
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    max_body_mb: float = 16.0
+    topk: int = 5
     # how to run (never taken from a checkpoint)
     debug: bool = False
     config: str | None = None
@@ -551,6 +560,25 @@ def _visual_flags(g) -> None:
                    help="at most N images (the first N of the split or folder)")
 
 
+def _serve_flags(g) -> None:
+    d = Config()
+    g.add_argument("--serve", default=d.serve, metavar="MODEL_OR_DEPLOY_JSON",
+                   help="serve an exported model (TorchScript or ONNX file, or a deploy.json naming one) over HTTP: "
+                        "Open Inference Protocol v2 under /v2, POST /predict, GET /metrics, a web page at /")
+    g.add_argument("--host", default=d.host, help="address to listen on (0.0.0.0: every interface)")
+    g.add_argument("--port", type=_non_negative_int, default=d.port, help="TCP port (0: any free port)")
+    g.add_argument("--max_batch_size", type=_positive_int, default=d.max_batch_size, metavar="N",
+                   help="dynamic batching: at most N images per model call (1: no batching)")
+    g.add_argument("--max_wait_ms", type=float, default=d.max_wait_ms, metavar="MS",
+                   help="dynamic batching: how long the first request of a batch waits for others to join it")
+    g.add_argument("--max_queue", type=_positive_int, default=d.max_queue, metavar="N",
+                   help="requests allowed to wait for the model; one more is answered 503")
+    g.add_argument("--max_body_mb", type=_positive_float, default=d.max_body_mb, metavar="MB",
+                   help="largest request body; a larger one is answered 413")
+    g.add_argument("--topk", type=_positive_int, default=d.topk, metavar="K",
+                   help="classes per image in POST /predict answers (?topk=K per request)")
+
+
 def _repeat_flags(g) -> None:
     g.add_argument("--repeat", type=int, default=None, metavar="N",
                    help="train N runs with seeds --seed .. --seed+N-1 (NAME/seedS) and write a mean / std / 95%% "
@@ -573,6 +601,7 @@ JOB_GROUPS = (
     ("class activation maps: --visual_data SPLIT_OR_DIR --resume CKPT", "visualize", ("visual_data",),
      _visual_flags),
     ("repeat with seeds: --repeat N", "repeat", ("repeat",), _repeat_flags),
+    ("serve: --serve MODEL_OR_DEPLOY_JSON", "serve", ("serve",), _serve_flags),
 )
 
 

@@ -39,6 +39,7 @@ APPLICATIONS = {  # job name (config.JOB_GROUPS) -> module; imported only when c
     "curriculum": "applications.curriculum",
     "visualize": "applications.visualize",
     "repeat": "applications.repeat",
+    "serve": "applications.serve",
 }
 
 

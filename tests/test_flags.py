@@ -117,7 +117,9 @@ def test_every_flag_is_exercised_somewhere():
                          # tests/test_checkpoint_format.py (config.yaml round trip) and tests/test_errors.py
                          "config", "print_config", "debug",
                          # tests/test_preemption.py (mid-epoch checkpoints, signals, elastic restarts)
-                         "save_every_minutes", "save_every_steps"}
+                         "save_every_minutes", "save_every_steps",
+                         # tests/test_serve.py (a server process: batching, protocol, errors, SIGTERM)
+                         "serve", "host", "port", "max_batch_size", "max_wait_ms", "max_queue", "max_body_mb", "topk"}
     flags_here = {a.lstrip("-").removeprefix("no-") for flags, _ in FLAG_SETS.values() for a in flags
                   if a.startswith("--")}
     dests = {a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"}

@@ -1,0 +1,407 @@
+"""The HTTP inference service: a FastAPI app around one exported model, its batcher and its metrics.
+
+    GET  /v2                                   server metadata (Open Inference Protocol v2, as KServe and Triton)
+    GET  /v2/health/live, /v2/health/ready     liveness; readiness after the warm-up calls
+    GET  /v2/models/{name}[/versions/1]        classes, input shapes and datatypes, preprocessing
+    GET  /v2/models/{name}/ready
+    POST /v2/models/{name}[/versions/1]/infer  protocol JSON: one input, UINT8 [N, 3, H, W] letterboxed pixels or
+                                               BYTES [N] of encoded images (base64 strings); FP32 [N, C] out
+    POST /predict[?topk=K]                     image files (multipart, any field names) or one image as the raw
+                                               body -> the top-k classes of each, with names
+    GET  /metrics                              Prometheus text format
+    GET  /                                     the web page (serving/static/index.html)
+
+Errors are JSON ``{"error": "..."}`` (the protocol's error object): 400 for an image that cannot be decoded (named)
+or a malformed request, 404 for an unknown model or path, 413 for a body over the limit, 503 when the queue is
+full, while draining or before the warm-up finishes (readiness only). Images are decoded and letterboxed by the
+preprocessing code training uses (dataloader/preprocess.py, loaded by serving.runtime without the training
+pipeline), in a worker thread so that a large photo does not stall the event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Router
+
+from serving import runtime
+from serving.batcher import Batcher, QueueFull, ShuttingDown
+from serving.metrics import ServerMetrics
+from utils.logger import get_logger
+from utils.metrics import ranked_classes
+
+STATIC = Path(__file__).resolve().parent / "static"
+VERSION = "1"  # the one model version this server holds, as the protocol's paths name it
+INPUT_PIXELS, INPUT_ENCODED, OUTPUT = "images", "encoded_images", "probabilities"
+# decode_image reads a path; its pieces, applied to bytes here, give the same pixels (dataloader/preprocess.py)
+_preprocess = runtime._preprocess
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the app batches, what it accepts and answers; main.py's --serve flags."""
+
+    max_batch_size: int = 16
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    max_body_bytes: int = 16 * 2**20
+    topk: int = 5
+
+
+class Problem(Exception):
+    """A request the server answers with an error: the HTTP status, the message, and the reason for the metrics."""
+
+    def __init__(self, status: int, message: str, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.reason, self.headers = status, message, reason, headers
+
+
+def decode_image_bytes(data: bytes, name: str, preprocessing: runtime.Preprocessing) -> torch.Tensor:
+    """Encoded image bytes to the uint8 CHW tensor ``load_image_tensor`` makes of the same file: the same checks
+    (empty, truncated PNG/JPEG), OpenCV decode, depth and channel conversion, letterbox."""
+    import cv2
+
+    if not data:
+        raise Problem(400, f"cannot decode image '{name}': empty (0 bytes)", "decode")
+    reason = _preprocess.truncation_reason(data)
+    image = None if reason else cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        reason = reason or "OpenCV cannot decode it (not an image, corrupt, or unsupported format)"
+        raise Problem(400, f"cannot decode image '{name}': {reason}", "decode")
+    try:
+        rgb = _preprocess._to_rgb(_preprocess._to_uint8(image))
+    except ValueError as exc:
+        raise Problem(400, f"cannot decode image '{name}': {exc}", "decode") from None
+    image = _preprocess.letterbox_resize(rgb, preprocessing.image_size, preprocessing.pad_value)
+    return _preprocess.to_chw_uint8(image)
+
+
+def top_classes(probs: torch.Tensor, class_names: list[str], k: int) -> list[list[dict]]:
+    """The k most probable classes of each row, best first (ties: the lower class index first, the project's one
+    prediction rule)."""
+    ranked = ranked_classes(probs, min(k, probs.shape[1]))
+    return [[{"class": class_names[i], "index": i, "probability": float(row[i])} for i in idx.tolist()]
+            for row, idx in zip(probs, ranked)]
+
+
+def model_metadata(model: runtime.ExportedModel, name: str, max_batch_size: int) -> dict:
+    """The protocol's model metadata, plus what a client needs to prepare images: the classes and preprocessing."""
+    input_shape = [3, *map(int, model.preprocessing.image_size)]
+    platform = {"TorchScript": "pytorch_torchscript", "ONNX": "onnxruntime_onnx"}.get(model.format,
+                                                                                      model.format.lower())
+    return {"name": name, "versions": [VERSION], "platform": platform,
+            "inputs": [{"name": INPUT_PIXELS, "datatype": "UINT8", "shape": [-1, *input_shape]},
+                       {"name": INPUT_ENCODED, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(model.class_names)]}],
+            "classes": list(model.class_names), "preprocessing": model.preprocessing.to_dict(),
+            "format": model.format, "max_batch_size": max_batch_size,
+            "description": f"send either {INPUT_PIXELS} (letterboxed RGB pixels, NCHW) or {INPUT_ENCODED} (encoded "
+                           "image files, base64 strings in JSON); the output holds class probabilities in the order "
+                           "of 'classes'"}
+
+
+def create_app(model: runtime.ExportedModel, settings: ServerSettings = ServerSettings(), *,
+               name: str | None = None) -> FastAPI:
+    """The app serving ``model`` under ``name`` (default: its architecture). Its lifespan starts the batcher
+    (warm-up, then ready) and, at shutdown, after the server has stopped taking connections and answered the
+    requests in flight, drains whatever is still queued."""
+    name = name or model.name
+    log = get_logger()
+    pre = model.preprocessing
+    input_shape = (3, *map(int, pre.image_size))
+    metrics = ServerMetrics(settings.max_batch_size)
+    batcher = Batcher(model.run, input_shape=input_shape, max_batch_size=settings.max_batch_size,
+                      max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics)
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        # uvicorn has stopped accepting connections and answered the requests in flight (or given up waiting)
+        log.info("shutting down: %d requests still queued are answered first", batcher.depth)
+        await run_in_threadpool(batcher.close)
+        log.info("stopped: every accepted request was answered")
+
+    app = FastAPI(title=f"{name} classifier", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_RequestGuard, metrics=metrics, max_body_bytes=settings.max_body_bytes, router=app.router)
+
+    # --- errors: the protocol's {"error": ...} everywhere ----------------------------------------------------------
+    @app.exception_handler(Problem)
+    async def problem(request: Request, exc: Problem):
+        metrics.observe_error(_endpoint(request.scope), exc.reason)
+        return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http")
+        metrics.observe_error(_endpoint(request.scope), reason)
+        message = f"no such path {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+        return JSONResponse({"error": message}, exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError):
+        metrics.observe_error(_endpoint(request.scope), "bad_request")
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": details}, 400)
+
+    def check_model(model_name: str, version: str | None = None) -> None:
+        if model_name != name:
+            raise Problem(404, f"unknown model '{model_name}'; this server serves '{name}'", "unknown_model")
+        if version is not None and version != VERSION:
+            raise Problem(404, f"unknown version '{version}' of model '{name}'; it has version {VERSION}",
+                          "unknown_model")
+
+    async def classify(images: torch.Tensor) -> torch.Tensor:
+        try:
+            future = batcher.submit(images)
+        except QueueFull as exc:
+            raise Problem(503, f"server busy: {exc}; retry later", "queue_full", {"Retry-After": "1"}) from None
+        except ShuttingDown as exc:
+            raise Problem(503, str(exc), "shutting_down") from None
+        try:
+            return await asyncio.wrap_future(future)
+        except Exception as exc:  # noqa: BLE001  the model failed on this batch
+            raise Problem(500, f"inference failed: {type(exc).__name__}: {exc}", "inference") from exc
+
+    async def decode_all(files: list[tuple[str, bytes]]) -> torch.Tensor:
+        def work() -> torch.Tensor:
+            return torch.stack([decode_image_bytes(data, file_name, pre) for file_name, data in files])
+
+        return await run_in_threadpool(work)
+
+    # --- Open Inference Protocol v2 ----------------------------------------------------------------------------------
+    @app.get("/v2")
+    async def server_metadata():
+        return {"name": "classifier-serving", "version": VERSION, "extensions": []}
+
+    @app.get("/v2/health/live")
+    async def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready():
+        return JSONResponse({"ready": batcher.ready.is_set()}, 200 if batcher.ready.is_set() else 503)
+
+    @app.get("/v2/models/{model_name}/ready")
+    @app.get("/v2/models/{model_name}/versions/{version}/ready")
+    async def model_ready(model_name: str, version: str | None = None):
+        check_model(model_name, version)
+        return JSONResponse({"name": name, "ready": batcher.ready.is_set()}, 200 if batcher.ready.is_set() else 503)
+
+    @app.get("/v2/models/{model_name}")
+    @app.get("/v2/models/{model_name}/versions/{version}")
+    async def metadata(model_name: str, version: str | None = None):
+        check_model(model_name, version)
+        return model_metadata(model, name, settings.max_batch_size)
+
+    @app.post("/v2/models/{model_name}/infer")
+    @app.post("/v2/models/{model_name}/versions/{version}/infer")
+    async def infer(model_name: str, request: Request, version: str | None = None):
+        check_model(model_name, version)
+        body = await _json_body(request)
+        tensor = infer_input(body, input_shape)
+        for wanted in body.get("outputs") or []:
+            if not isinstance(wanted, dict) or wanted.get("name") != OUTPUT:
+                raise Problem(400, f"unknown output {wanted!r}; the model has one output, '{OUTPUT}'", "bad_request")
+        if isinstance(tensor, list):  # encoded images
+            tensor = await decode_all(tensor)
+        probs = await classify(tensor)
+        reply = {"model_name": name, "model_version": VERSION,
+                 "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": list(probs.shape),
+                              "data": probs.flatten().tolist()}]}
+        if "id" in body:
+            reply["id"] = body["id"]
+        return JSONResponse(reply)
+
+    # --- the simple API and the page -----------------------------------------------------------------------------------
+    @app.post("/predict")
+    async def predict(request: Request, topk: int | None = None):
+        started = time.perf_counter()
+        k = settings.topk if topk is None else topk
+        if k < 1:
+            raise Problem(400, f"topk must be >= 1, got {k}", "bad_request")
+        files = await _uploaded_images(request)
+        probs = await classify(await decode_all(files))
+        results = [{"image": file_name, "predictions": top}
+                   for (file_name, _), top in zip(files, top_classes(probs, model.class_names, k))]
+        return JSONResponse({"model": name, "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                             "results": results})
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.exposition(), media_type=metrics.content_type)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(page)
+
+    return app
+
+
+def infer_input(body: dict, input_shape: tuple[int, int, int]) -> torch.Tensor | list[tuple[str, bytes]]:
+    """The one input of a protocol infer request: a uint8 NCHW tensor, or (name, encoded bytes) per image."""
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise Problem(400, f"expected 'inputs' to hold one tensor, either '{INPUT_PIXELS}' (UINT8 [N, "
+                           f"{', '.join(map(str, input_shape))}]) or '{INPUT_ENCODED}' (BYTES [N])", "bad_request")
+    tensor = inputs[0]
+    datatype, shape, data = tensor.get("datatype"), tensor.get("shape"), tensor.get("data")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape) or data is None:
+        raise Problem(400, "each input needs 'shape' (a list of sizes), 'datatype' and 'data'", "bad_request")
+    if datatype == "UINT8":
+        return _pixels(shape, data, tensor.get("name", INPUT_PIXELS), input_shape)
+    if datatype == "BYTES":
+        return _encoded(shape, data, tensor.get("name", INPUT_ENCODED))
+    raise Problem(400, f"unsupported datatype {datatype!r}: send UINT8 pixels or BYTES of encoded images",
+                  "bad_request")
+
+def _pixels(shape: list[int], data: list, input_name: str, input_shape: tuple[int, int, int]) -> torch.Tensor:
+    if len(shape) != 4 or tuple(shape[1:]) != input_shape or shape[0] < 1:
+        raise Problem(400, f"input '{input_name}' has shape {shape}; expected [N, "
+                           f"{', '.join(map(str, input_shape))}] (letterboxed RGB, N >= 1)", "bad_request")
+    try:
+        values = np.asarray(data, dtype=np.int64).reshape(shape)
+    except (ValueError, TypeError):
+        raise Problem(400, f"input '{input_name}': data must hold {int(np.prod(shape))} integers for shape "
+                           f"{shape}", "bad_request") from None
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise Problem(400, f"input '{input_name}': UINT8 values must lie in 0..255", "bad_request")
+    return torch.from_numpy(values.astype(np.uint8))
+
+def _encoded(shape: list[int], data: list, input_name: str) -> list[tuple[str, bytes]]:
+    if len(shape) != 1 or shape[0] < 1 or not isinstance(data, list) or len(data) != shape[0]:
+        raise Problem(400, f"input '{input_name}': BYTES shape must be [N] with N >= 1 strings in 'data'",
+                      "bad_request")
+    files = []
+    for i, item in enumerate(data):
+        label = f"{input_name}[{i}]"
+        try:
+            files.append((label, base64.b64decode(item, validate=True)))
+        except (binascii.Error, TypeError, ValueError):
+            raise Problem(400, f"cannot decode image '{label}': not a base64 string", "decode") from None
+    return files
+
+
+async def _json_body(request: Request) -> dict:
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem(400, f"the body is not valid JSON ({exc})", "bad_request") from None
+    if not isinstance(body, dict):
+        raise Problem(400, "the body must be a JSON object with 'inputs'", "bad_request")
+    return body
+
+
+async def _uploaded_images(request: Request) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each file of a multipart form, or of the raw body as one image."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        files = [(value.filename or key, await value.read()) for key, value in form.multi_items()
+                 if isinstance(value, UploadFile)]
+        await form.close()
+        if not files:
+            raise Problem(400, "the form holds no files; send each image as a file field", "bad_request")
+        return files
+    body = await request.body()
+    if not body:
+        raise Problem(400, "empty body: POST an image file's bytes, or a multipart form of image files",
+                      "bad_request")
+    return [(request.headers.get("x-filename") or "request body", body)]
+
+
+def _endpoint(scope: dict) -> str:
+    """The route template of a request ('/v2/models/{model_name}/infer'), so that metrics have few label values."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
+class _RequestGuard:
+    """Pure ASGI middleware: refuses a body over the limit with 413 before the app reads it, and counts every
+    request (route, status, latency) in the metrics."""
+
+    def __init__(self, app, *, metrics: ServerMetrics, max_body_bytes: int, router: Router) -> None:
+        self.app, self.metrics, self.max_body_bytes, self.router = app, metrics, max_body_bytes, router
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_counted(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            receive = await self._limit_body(scope, receive)
+            if receive is None:
+                status = 413
+                scope["route"] = next((r for r in self.router.routes if r.matches(scope)[0] == Match.FULL), None)
+                await self._too_large(send)
+            else:
+                await self.app(scope, receive, send_counted)
+        finally:
+            endpoint = _endpoint(scope)
+            if status == 413:
+                self.metrics.observe_error(endpoint, "too_large")
+            self.metrics.observe_request(endpoint, status, time.perf_counter() - started)
+
+    async def _limit_body(self, scope, receive):
+        """``receive`` when the body fits; None when it does not. A declared Content-Length is checked before
+        anything is read; a chunked body is read here, up to the limit, and replayed to the app."""
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                return receive if int(length) <= self.max_body_bytes else None
+            except ValueError:
+                return receive  # the HTTP parser has already refused it
+        if scope["method"] in ("GET", "HEAD"):
+            return receive
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return receive
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return None
+            if not message.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return replay
+
+    async def _too_large(self, send) -> None:
+        limit = self.max_body_bytes / 2**20
+        body = json.dumps({"error": f"request body over the limit of {limit:g} MB (--max_body_mb); send fewer or "
+                                    "smaller images per request"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})

@@ -149,6 +149,7 @@ class Config:
     max_queue: int = 256
     max_body_mb: float = 16.0
     topk: int = 5
+    threads: int | None = None
     # how to run (never taken from a checkpoint)
     debug: bool = False
     config: str | None = None
@@ -577,6 +578,10 @@ def _serve_flags(g) -> None:
                    help="largest request body; a larger one is answered 413")
     g.add_argument("--topk", type=_positive_int, default=d.topk, metavar="K",
                    help="classes per image in POST /predict answers (?topk=K per request)")
+    g.add_argument("--threads", type=_positive_int, default=d.threads, metavar="T",
+                   help="threads of one model call: torch's (TorchScript, AOTInductor) or the runtime's intra-op "
+                        "threads (ONNX Runtime, OpenVINO); unset: a deploy.json's, else all cores but one (the "
+                        "other serves HTTP)")
 
 
 def _repeat_flags(g) -> None:

@@ -140,7 +140,7 @@ def create_app(model: runtime.ExportedModel, settings: ServerSettings = ServerSe
     app = FastAPI(title=f"{name} classifier", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_RequestGuard, metrics=metrics, max_body_bytes=settings.max_body_bytes, router=app.router)
 
-    # --- errors: the protocol's {"error": ...} everywhere ----------------------------------------------------------
+    # --- errors: the protocol's {"error": ...} everywhere -------------------------------------------------------------
     @app.exception_handler(Problem)
     async def problem(request: Request, exc: Problem):
         metrics.observe_error(_endpoint(request.scope), exc.reason)
@@ -184,7 +184,7 @@ def create_app(model: runtime.ExportedModel, settings: ServerSettings = ServerSe
 
         return await run_in_threadpool(work)
 
-    # --- Open Inference Protocol v2 ----------------------------------------------------------------------------------
+    # --- Open Inference Protocol v2 -----------------------------------------------------------------------------------
     @app.get("/v2")
     async def server_metadata():
         return {"name": "classifier-serving", "version": VERSION, "extensions": []}
@@ -228,7 +228,7 @@ def create_app(model: runtime.ExportedModel, settings: ServerSettings = ServerSe
             reply["id"] = body["id"]
         return JSONResponse(reply)
 
-    # --- the simple API and the page -----------------------------------------------------------------------------------
+    # --- the simple API and the page ----------------------------------------------------------------------------------
     @app.post("/predict")
     async def predict(request: Request, topk: int | None = None):
         started = time.perf_counter()

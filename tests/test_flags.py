@@ -119,7 +119,8 @@ def test_every_flag_is_exercised_somewhere():
                          # tests/test_preemption.py (mid-epoch checkpoints, signals, elastic restarts)
                          "save_every_minutes", "save_every_steps",
                          # tests/test_serve.py (a server process: batching, protocol, errors, SIGTERM)
-                         "serve", "host", "port", "max_batch_size", "max_wait_ms", "max_queue", "max_body_mb", "topk"}
+                         "serve", "host", "port", "max_batch_size", "max_wait_ms", "max_queue", "max_body_mb", "topk",
+                         "threads"}
     flags_here = {a.lstrip("-").removeprefix("no-") for flags, _ in FLAG_SETS.values() for a in flags
                   if a.startswith("--")}
     dests = {a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"}

@@ -43,7 +43,7 @@ REQUEST_TIMEOUT = 60
 MODEL_NAME = "small_cnn_tiny"
 
 
-# --- a server process and an HTTP client -------------------------------------------------------------------------
+# --- a server process and an HTTP client ------------------------------------------------------------------------------
 
 
 class Server:
@@ -151,7 +151,7 @@ def by_class(predictions: list[dict]) -> dict[str, float]:
     return {p["class"]: p["probability"] for p in predictions}
 
 
-# --- fixtures ------------------------------------------------------------------------------------------------------
+# --- fixtures ---------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,7 @@ def demo_probabilities(model: Path, folder: Path) -> dict[str, dict[str, float]]
     return {Path(item["image"]).name: by_class(item["predictions"]) for item in json.loads(proc.stdout)}
 
 
-# --- the server ----------------------------------------------------------------------------------------------------
+# --- the server -------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
@@ -379,7 +379,7 @@ def tuple_of(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-# --- the command line ----------------------------------------------------------------------------------------------
+# --- the command line -------------------------------------------------------------------------------------------------
 
 
 def test_serve_flag_errors(exports, tmp_path):
@@ -398,7 +398,33 @@ def test_serve_flag_errors(exports, tmp_path):
             entry.run_command(["--serve", str(exports["onnx"]), "--port", str(taken.getsockname()[1])])
 
 
-# --- the batcher, in-process on a stand-in model -------------------------------------------------------------------
+def test_connections_to_the_listening_socket_get_tcp_nodelay():
+    """asyncio turns Nagle's algorithm off only on sockets made with proto IPPROTO_TCP; a socket made with proto 0
+    made every answer (headers and body written apart) wait for the client's delayed ACK: 40 ms a request."""
+    import asyncio
+
+    from applications.serve import listening_socket
+
+    sock = listening_socket("127.0.0.1", 0)
+
+    async def nodelay_of_accepted() -> int:
+        accepted = asyncio.get_running_loop().create_future()
+
+        def on_connection(reader, writer) -> None:
+            accepted.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connection, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname())
+        value = await asyncio.wait_for(accepted, REQUEST_TIMEOUT)
+        writer.close()
+        server.close()
+        return value
+
+    assert asyncio.run(nodelay_of_accepted()) != 0
+
+
+# --- the batcher, in-process on a stand-in model ----------------------------------------------------------------------
 
 
 class Recorder:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from serving.runtime import load_exported, load_image_tensor
-from test_serve import MODEL_NAME, Server, exports, images  # noqa: F401  (fixtures used below)
+from test_serve import MODEL_NAME, Server
+from test_serve import exports, images  # noqa: F401,F811  (module fixtures, shared with tests/test_serve.py)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists()

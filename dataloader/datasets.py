@@ -407,9 +407,10 @@ def _worker_init(_worker_id: int) -> None:
     # Each loader worker is already one process per core; OpenCV's own thread pool would oversubscribe.
     # A no-op for forked workers (build_loader set it in the parent); needed under the spawn start method.
     cv2.setNumThreads(1)
-    # A preemption signal sent to the whole process group is the training process's to handle (it finishes its
-    # step and writes last.pth); a worker that died of it would fail the step first. Workers end with the loader.
-    for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
+    # Ctrl-C and Slurm's SIGUSR1 warning reach the whole process group; they are the training process's to handle
+    # (it finishes its step and writes last.pth), and a worker killed by them would fail that step first. SIGTERM
+    # keeps its default: multiprocessing ends daemon workers with it at exit (ignoring it hangs the exit).
+    for name in ("SIGINT", "SIGUSR1"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
 

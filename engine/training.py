@@ -404,7 +404,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, cfg: C
     steps = len(loader)
     batch_augment = batch_augment_of(cfg, info.rank)  # multi-scale and mixes (dataloader/mix.py); may be identity
     penalised = [p for p in model.parameters() if p.ndim > 1] if cfg.l1 or cfg.l2 else []
-    loader.sampler.skip = start_batch * loader.batch_size
+    if start_batch:
+        loader.sampler.skip = start_batch * loader.batch_size  # the sampler leaves them out of this pass
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not info.is_main, leave=False,
                mininterval=1.0, dynamic_ncols=True, initial=start_batch)
     optimizer.zero_grad(set_to_none=True)

@@ -121,6 +121,7 @@ class Config:
     update_bn: bool = False
     onnx: bool = False
     int8: bool = False
+    export: str | None = None  # "pt2" (AOTInductor) or "openvino"
     # knowledge, distillation, K-fold, curriculum, CAM (issue 7)
     kfold: int | None = None
     fold: int = 0
@@ -497,6 +498,15 @@ def _onnx_flags(g) -> None:
                    help="also write a dynamically quantised int8 model and report its val accuracy")
 
 
+def _export_more_flags(g) -> None:
+    d = Config()
+    g.add_argument("--export", choices=("pt2", "openvino"), default=d.export,
+                   help="export --resume for another runtime and check it on real images: pt2 (torch.export with a "
+                        "dynamic batch, compiled by AOTInductor into a .pt2 package; needs a C++ compiler) or "
+                        "openvino (the ONNX export, written first when missing or older than the checkpoint, as "
+                        "OpenVINO IR .xml/.bin); both carry the class names and preprocessing")
+
+
 def _predict_flags(g) -> None:
     d = Config()
     g.add_argument("--predict", default=d.predict, metavar="DIR_OR_CSV",
@@ -596,6 +606,8 @@ JOB_GROUPS = (
     ("evaluate: --evaluation --resume CKPT", "evaluate", ("evaluation",), _evaluation_flags),
     ("export to TorchScript: --jit --resume CKPT", "export_jit", ("jit",), _export_flags),
     ("export to ONNX: --onnx --resume CKPT", "export_onnx", ("onnx",), _onnx_flags),
+    ("export for AOTInductor or OpenVINO: --export {pt2,openvino} --resume CKPT", "export_more", ("export",),
+     _export_more_flags),
     ("predict: --predict DIR_OR_CSV --resume CKPT [CKPT ...]", "predict", ("predict",), _predict_flags),
     ("average weights: --average A B ... | --average_last K --resume RUN/last.pth", "average",
      ("average", "average_last"), _average_flags),

@@ -31,6 +31,7 @@ APPLICATIONS = {  # job name (config.JOB_GROUPS) -> module; imported only when c
     "evaluate": "applications.evaluate",
     "export_jit": "applications.export",
     "export_onnx": "applications.export_onnx",
+    "export_more": "applications.export_more",
     "predict": "applications.predict",
     "average": "applications.average",
     "aug_preview": "applications.aug_preview",

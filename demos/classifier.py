@@ -4,9 +4,12 @@
     python demos/classifier.py checkpoints/RUN/best.onnx path/to/folder --topk 3 --json
     python demos/classifier.py MODEL path/to/image.png --benchmark 500 --threads 2   # batch-1 latency and FPS
     python demos/classifier.py MODEL path/to/folder --unreadable unreadable.txt   # also list bad images in a file
+    python demos/classifier.py checkpoints/RUN/deploy.json path/to/image.png   # the runtime benchmarks/deploy.py chose
 
-MODEL is a TorchScript file (`main.py --jit`) or an ONNX file (`main.py --onnx`, run with ONNX Runtime); the format
-is recognised from the file's content. Either carries its class names and preprocessing; images go through the same
+MODEL is a TorchScript file (`main.py --jit`), an ONNX file (`main.py --onnx`, run with ONNX Runtime), an AOTInductor
+package (`main.py --export pt2`), an OpenVINO IR .xml (`main.py --export openvino`), or a deploy.json written by
+`benchmarks/deploy.py --deploy` (the file, runtime and threads it chose); the format is recognised from the file's
+content (serving/runtime.py). Each carries its class names and preprocessing; images go through the same
 letterbox code as training (dataloader/preprocess.py, loaded on its own so that none of the training data pipeline
 is imported).
 
@@ -145,8 +148,10 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _ArgumentParser(description="Classify images with a model exported by main.py --jit or --onnx")
-    parser.add_argument("model", help="TorchScript (.pt) or ONNX (.onnx) file written by main.py --jit / --onnx")
+    parser = _ArgumentParser(description="Classify images with a model exported by main.py --jit, --onnx or --export")
+    parser.add_argument("model", metavar="MODEL_OR_DEPLOY_JSON",
+                        help="TorchScript (.pt), ONNX (.onnx), AOTInductor (.pt2) or OpenVINO (.xml) file written by "
+                             "main.py --jit / --onnx / --export, or a deploy.json written by benchmarks/deploy.py")
     parser.add_argument("images", help="an image file or a folder (searched recursively)")
     parser.add_argument("--topk", type=positive_int, default=1, help="classes to print per image")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
@@ -157,7 +162,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="instead of classifying, time N (default 200) batch-1 inferences on the first image after "
                              "a warm-up, and print latency p50/p90/p99 and FPS")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="T",
-                        help="CPU threads: torch.set_num_threads for TorchScript, intra-op threads for ONNX Runtime")
+                        help="CPU threads: torch.set_num_threads for TorchScript and AOTInductor, intra-op threads "
+                             "for ONNX Runtime and OpenVINO (default: a deploy.json's, else the runtime's)")
     args = parser.parse_args(argv)
     if args.unreadable is not None and args.unreadable.is_dir():
         parser.error(f"--unreadable {args.unreadable} is a folder; give a file path such as "
@@ -173,7 +179,7 @@ def run_benchmark(model: ExportedModel, image: Path, args: argparse.Namespace) -
         report_unreadable([(image, why_unreadable(exc))], args.unreadable)
         return DATA_ERROR
     report_unreadable([], args.unreadable)
-    stats["threads"] = args.threads or (torch.get_num_threads() if model.format == "TorchScript" else "default")
+    stats["threads"] = args.threads or model.threads or "default"
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0

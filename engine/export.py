@@ -8,8 +8,9 @@ the traced module is frozen, and loading it applies ``torch.jit.optimize_for_inf
 is faster on the exporting CPU.
 The export is checked against the eager, unfused model on real images of the data set.
 
-``--jit`` (applications/export.py) and ``--onnx`` (applications/export_onnx.py, with engine/onnx.py) build their
-exports from these pieces, and ``benchmarks/deploy.py`` times them.
+``--jit`` (applications/export.py), ``--onnx`` (applications/export_onnx.py, with engine/onnx.py) and ``--export
+pt2|openvino`` (applications/export_more.py, with engine/aoti.py and engine/openvino_ir.py) build their exports from
+these pieces, and ``benchmarks/deploy.py`` times them.
 """
 from __future__ import annotations
 
@@ -103,6 +104,16 @@ def export_metadata(cfg: Config, class_names: list[str], *, folded: int) -> dict
                                      "output": OUTPUT_DESCRIPTION, "batchnorm_folded": folded})}
 
 
+def plain_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """The export metadata (``export_metadata``) as one flat string map with plain keys and JSON values: ONNX
+    metadata_props, the AOTInductor package's metadata and OpenVINO's rt_info all hold it in this form, and
+    serving/runtime.py reads it back from each."""
+    meta = json.loads(metadata["meta.json"])
+    return {"class_names": metadata["class_names.json"], "preprocessing": metadata["preprocessing.json"],
+            "model": meta["model"], "checkpoint": meta["checkpoint"], "input": INPUT_DESCRIPTION,
+            "output": OUTPUT_DESCRIPTION, "batchnorm_folded": str(meta["batchnorm_folded"])}
+
+
 def trace_for_inference(module: nn.Module, images: torch.Tensor) -> torch.jit.ScriptModule:
     """Trace ``module`` on ``images`` and freeze it (weights become constants, conv-BN and similar folds)."""
     with warnings.catch_warnings(), torch.no_grad():
@@ -131,6 +142,17 @@ def compare_outputs(reference: torch.Tensor, exported: torch.Tensor) -> tuple[fl
     max_diff = float((reference - exported).abs().max())
     agree = float((reference.argmax(1) == exported.argmax(1)).float().mean()) * 100
     return max_diff, agree
+
+
+@torch.no_grad()
+def parity_on(reference: nn.Module, run, images: torch.Tensor) -> tuple[float, float]:
+    """``compare_outputs`` of ``run`` (uint8 batch → probabilities: a loaded export) against the eager ``reference``
+    on the whole batch and on batch 1 (a dynamic batch axis must serve both): the larger difference, the lower
+    agreement."""
+    expected = reference(images)
+    max_diff, agree = compare_outputs(expected, run(images))
+    single_diff, single_agree = compare_outputs(expected[:1], run(images[:1]))
+    return max(max_diff, single_diff), min(agree, single_agree)
 
 
 def parity_ok(max_diff: float, agree: float) -> bool:

@@ -3,11 +3,15 @@
 The graph is the one ``--jit`` exports (engine/export.py): uint8 NCHW letterboxed RGB in, probabilities out,
 normalisation inside, Conv+BatchNorm pairs folded; the batch axis is dynamic. Class names, preprocessing, the model
 name and the input/output description travel as ``metadata_props``, so the demo reads them from the file.
+
+The graph comes from torch's dynamo exporter (torch.export, translated by onnxscript) where it works, else from the
+older TorchScript-based exporter, with a log line saying why; either file computes the same function, and ONNX
+Runtime ran both at the same speed (README, "Deployment speed").
 """
 from __future__ import annotations
 
+import contextlib
 import io
-import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -19,12 +23,16 @@ from torch import nn
 
 from config import Config
 from engine.components import split_dataset_of
-from engine.export import INPUT_DESCRIPTION, OUTPUT_DESCRIPTION
+from engine.export import INPUT_DESCRIPTION, OUTPUT_DESCRIPTION, plain_metadata
 from utils.checkpoint import atomic_write
+from utils.logger import get_logger
 
-OPSET = 17
+OPSET = 17  # the TorchScript-based exporter's
+DYNAMO_OPSET = 18  # the dynamo exporter's lowest: asked for 17, its version converter fails on Reduce* axes inputs
+ONNX_EXPORTERS = ("dynamo", "torchscript")
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 INSTALL_HINT = "pip install onnx==1.23.2 onnxruntime==1.32.0"
+ONNXSCRIPT_HINT = "pip install onnxscript==0.7.2"
 # Dynamic quantisation of the matrix products only. ONNX Runtime 1.32 runs dynamically quantised convolutions
 # (ConvInteger, int8 weights), but batch-1 latency was 4.4x (small_cnn, 28 px) to 9x (mobilenet_v3_small, 224 px)
 # that of the float convolution on one AVX512 core, per-channel and with ORT's pre-processing alike.
@@ -59,41 +67,115 @@ def require_onnx():
 
 def onnx_metadata(metadata: dict[str, str]) -> dict[str, str]:
     """The export's extra files (applications/export.py) as ONNX metadata_props: plain keys, JSON values."""
-    meta = json.loads(metadata["meta.json"])
-    return {"class_names": metadata["class_names.json"], "preprocessing": metadata["preprocessing.json"],
-            "model": meta["model"], "checkpoint": meta["checkpoint"], "input": INPUT_DESCRIPTION,
-            "output": OUTPUT_DESCRIPTION, "batchnorm_folded": str(meta["batchnorm_folded"])}
+    return plain_metadata(metadata)
+
+
+def require_onnxscript() -> None:
+    """The dynamo exporter's dependency, or an ImportError that says how to install it."""
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"the dynamo ONNX exporter needs the onnxscript package ({exc}); install it with: "
+                          f"{ONNXSCRIPT_HINT}") from exc
 
 
 def write_onnx(module: nn.Module, images: torch.Tensor, path: Path, *, model_name: str,
-               metadata: dict[str, str] | None = None, opset: int = OPSET) -> Path:
+               metadata: dict[str, str] | None = None, opset: int = OPSET, exporter: str = "auto") -> Path:
     """Export ``module`` (uint8 images → probabilities) with a dynamic batch axis, add ``metadata`` as
-    metadata_props, check the graph and write it atomically to ``path``."""
+    metadata_props, check the graph and write it atomically to ``path``.
+
+    ``exporter``: "dynamo" (torch.export + onnxscript, opset DYNAMO_OPSET), "torchscript" (the older tracing
+    exporter, opset ``opset``) or "auto": dynamo, and the TorchScript-based exporter when dynamo fails, with one log
+    line saying why. The exporter used is recorded in metadata_props["exporter"].
+    """
     onnx, _ = require_onnx()
-    buffer = io.BytesIO()
+    if exporter not in ("auto", *ONNX_EXPORTERS):
+        raise ValueError(f"unknown ONNX exporter {exporter!r}; choose auto, {' or '.join(ONNX_EXPORTERS)}")
+    proto = None
+    if exporter in ("auto", "dynamo"):
+        try:
+            proto = _export_dynamo(module, images)
+            used = "dynamo"
+        except Exception as exc:  # noqa: BLE001  torch.export and the translation fail in many ways
+            if exporter == "dynamo":
+                raise RuntimeError(f"{model_name} could not be exported with the dynamo ONNX exporter "
+                                   f"({_root_cause(exc)}); try exporter='torchscript'") from exc
+            get_logger().info("ONNX: the dynamo exporter failed on %s (%s); using the TorchScript-based exporter",
+                              model_name, _root_cause(exc))
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            # The TorchScript-based exporter (dynamo=False) is deprecated but needs nothing beyond torch; the
-            # torch.export-based one needs the onnxscript package, which this project does not install.
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            torch.onnx.export(module.eval(), (images,), buffer, dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-        proto = onnx.load_from_string(buffer.getvalue())
-        for key, value in (metadata or {}).items():
+        if proto is None:
+            proto, used = _export_torchscript(module, images, opset), "torchscript"
+        for key, value in {**(metadata or {}), "exporter": used}.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         proto.doc_string = f"{model_name}: {INPUT_DESCRIPTION} -> {OUTPUT_DESCRIPTION}"
         onnx.checker.check_model(proto)
     except Exception as exc:  # noqa: BLE001  the exporter fails in many ways (unsupported op, tracing, checker)
-        raise RuntimeError(f"{model_name} could not be exported to ONNX ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''}); export it with --jit (TorchScript) "
-                           "instead") from exc
+        raise RuntimeError(f"{model_name} could not be exported to ONNX ({_first_line(exc)}); export it with --jit "
+                           "(TorchScript) instead") from exc
     data = proto.SerializeToString()
     atomic_write(path, lambda handle: handle.write(data))
     return Path(path)
+
+
+def onnx_exporter_of(path: str | Path) -> str:
+    """Which exporter wrote an ONNX file of write_onnx ("dynamo" or "torchscript"; "?" for older files)."""
+    onnx, _ = require_onnx()
+    props = {entry.key: entry.value for entry in onnx.load(str(path), load_external_data=False).metadata_props}
+    return props.get("exporter", "?")
+
+
+def _export_dynamo(module: nn.Module, images: torch.Tensor):
+    """torch.export of ``module`` with a dynamic batch, translated by onnxscript and optimised (constant folding,
+    dead code): the ONNX exporter torch supports from 2.9 on."""
+    require_onnxscript()
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings(), torch.no_grad(), _quiet("onnxscript", "onnx_ir"):
+        warnings.filterwarnings("ignore", category=UserWarning)  # e.g. its advice on input_names with dynamic_shapes
+        program = torch.onnx.export(module.eval(), (images,), dynamo=True, opset_version=DYNAMO_OPSET,
+                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False,
+                                    dynamic_shapes={"images": {0: batch}}, external_data=False, optimize=True)
+    return program.model_proto
+
+
+def _export_torchscript(module: nn.Module, images: torch.Tensor, opset: int):
+    """The TorchScript-based (tracing) exporter: deprecated in torch 2.9, but needs nothing beyond torch."""
+    onnx, _ = require_onnx()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(module.eval(), (images,), buffer, dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost cause: the dynamo exporter wraps the reason (an operator without an ONNX
+    translation, say) in paragraphs of advice."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return _first_line(exc)
+
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    """Loggers ``names`` at WARNING for the duration (onnxscript's optimiser reports every pass at INFO)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def ort_session(path: str | Path, threads: int | None = None):

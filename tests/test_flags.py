@@ -102,6 +102,7 @@ def test_every_flag_is_exercised_somewhere():
                          "predict", "ensemble_weights", "probabilities",
                          "average_last", "average", "update_bn", "keep_epochs",
                          "onnx", "int8",  # tests/test_onnx.py (export, ONNX Runtime parity, int8)
+                         "export",  # tests/test_export_more.py (AOTInductor and OpenVINO parity, demo, deploy.json)
                          "decode",  # decode: tests/test_gpu_decode.py (JPEG photos; digits are PNG; train, eval, DDP)
                          # the lr finder trains nothing to check here: tests/test_lr_find.py
                          "lr_find", "lr_find_start", "lr_find_end", "lr_find_steps",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import sys
@@ -15,12 +16,14 @@ import torch
 
 import main as entry
 from applications.export_onnx import run as export_onnx
-from engine.onnx import INSTALL_HINT, write_onnx
+from engine.export import InferenceModel
+from engine.onnx import DYNAMO_OPSET, INSTALL_HINT, OPSET, onnx_exporter_of, write_onnx
 from config import Config, parse_config
 from dataloader import build_split_dataset
 from dataloader.preprocess import Preprocessing
 from helpers import eager_probs, run
 from utils.checkpoint import load_checkpoint
+from utils.logger import get_logger
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +64,7 @@ def test_onnx_export_matches_eager_with_dynamic_batch_and_metadata(checkpoint, t
     assert Preprocessing.from_dict(json.loads(meta["preprocessing"])) == pre
     assert meta["model"] == "small_cnn" and meta["output"] == "probabilities" and "uint8" in meta["input"]
     assert meta["batchnorm_folded"] == "6"  # every BatchNorm of small_cnn follows a Conv
+    assert meta["exporter"] == "dynamo"  # torch.export + onnxscript, where it works
     proto = onnx.load(str(out))
     assert not any(node.op_type == "BatchNormalization" for node in proto.graph.node)
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
@@ -113,8 +117,62 @@ class EigenFeatures(torch.nn.Module):
         return torch.linalg.eigvalsh(x @ x.transpose(1, 2))
 
 
-def test_a_model_that_cannot_be_exported_names_it_and_suggests_jit(tmp_path):
+def test_a_model_that_cannot_be_exported_names_it_and_suggests_jit(tmp_path, project_log):
     images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
     with pytest.raises(RuntimeError, match=r"eigen_net could not be exported to ONNX .*--jit"):
         write_onnx(EigenFeatures(), images, tmp_path / "x.onnx", model_name="eigen_net")
     assert list(tmp_path.iterdir()) == []  # no half-written file is left behind
+    # the dynamo exporter tried first; the log names the operator it has no translation for
+    assert "dynamo exporter failed on eigen_net" in project_log.text and "eigh" in project_log.text
+
+
+@pytest.fixture
+def project_log(caplog):
+    """caplog on the project logger, which does not propagate to the root logger."""
+    logger = get_logger()
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger=logger.name)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def conv_bn_classifier() -> InferenceModel:
+    """A small CNN with BatchNorm statistics far from the identity, as the uint8 → probabilities export module."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))
+    net[1].running_mean.uniform_(-1, 1)
+    net[1].running_var.uniform_(0.2, 3)
+    pre = Preprocessing(image_size=(12, 12), mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))
+    return InferenceModel(net.eval(), pre, "softmax").eval()
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_either_exporter_writes_the_same_function_with_a_dynamic_batch(exporter, tmp_path):
+    module = conv_bn_classifier()
+    images = torch.randint(0, 256, (6, 3, 12, 12), dtype=torch.uint8)
+    path = write_onnx(module, images, tmp_path / "m.onnx", model_name="conv_bn", metadata={"model": "conv_bn"},
+                      exporter=exporter)
+    assert onnx_exporter_of(path) == exporter
+    proto = onnx.load(str(path))
+    opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset == {"dynamo": DYNAMO_OPSET, "torchscript": OPSET}[exporter]
+    session = session_of(path)
+    assert session.get_modelmeta().custom_metadata_map["model"] == "conv_bn"
+    with torch.no_grad():
+        expected = module(images).numpy()
+    for n in (1, 6):
+        got = session.run(None, {"images": images[:n].numpy()})[0]
+        np.testing.assert_allclose(got, expected[:n], atol=1e-5, rtol=0)
+
+
+def test_without_onnxscript_the_torchscript_exporter_takes_over_and_says_why(tmp_path, monkeypatch, project_log):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # what `import onnxscript` meets when it is not installed
+    module = conv_bn_classifier()
+    images = torch.randint(0, 256, (2, 3, 12, 12), dtype=torch.uint8)
+    path = write_onnx(module, images, tmp_path / "m.onnx", model_name="conv_bn")
+    assert onnx_exporter_of(path) == "torchscript"
+    lines = [r.getMessage() for r in project_log.records if "dynamo exporter failed" in r.getMessage()]
+    assert len(lines) == 1 and "onnxscript" in lines[0] and "TorchScript-based exporter" in lines[0], lines
+    with pytest.raises(RuntimeError, match="dynamo ONNX exporter .*onnxscript"):  # asked for dynamo only: no fallback
+        write_onnx(module, images, tmp_path / "d.onnx", model_name="conv_bn", exporter="dynamo")

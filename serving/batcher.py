@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from serving.metrics import ServerMetrics
+from utils.logger import get_logger
 
 # TorchScript's profiling executor re-optimises its graph for each new input shape over a few calls (tens of ms
 # each, seen up to 170 ms for a tiny CNN), so every batch size dynamic batching can produce is warmed up: all of
@@ -111,10 +112,15 @@ class Batcher:
 
     def _serve(self) -> None:
         with torch.inference_mode():  # grad mode is per thread: this one never records autograd history
-            self._warm_up()
-            self.ready.set()
-            if self.metrics:
-                self.metrics.ready.set(1)
+            try:
+                self._warm_up()
+            except Exception as exc:  # noqa: BLE001  a model that cannot run stays not ready; requests get its error
+                get_logger().error("the model failed on a warm-up batch of zeros (%s: %s); the server stays not "
+                                   "ready", type(exc).__name__, exc)
+            else:
+                self.ready.set()
+                if self.metrics:
+                    self.metrics.ready.set(1)
             while (parts := self._next_batch()) is not None:
                 self._run_batch(parts)
         if self.metrics:

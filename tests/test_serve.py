@@ -480,3 +480,33 @@ def test_batcher_groups_splits_refuses_and_drains():
     assert [f.result(0).item() for f in queued] == [float(i) for i in range(6)]
     with pytest.raises(ShuttingDown):
         slow.submit(tagged(7))
+
+
+def test_a_model_error_fails_its_batch_only_and_a_failed_warm_up_stays_not_ready():
+    def picky(batch: torch.Tensor) -> torch.Tensor:
+        if (batch[:, 0, 0, 0] == 13).any():
+            raise RuntimeError("unlucky image")
+        return batch[:, 0, 0, :1].float()
+
+    batcher = Batcher(picky, input_shape=(3, 2, 2), max_batch_size=2, max_wait_ms=200, max_queue=8)
+    batcher.start()
+    assert batcher.ready.wait(10)
+    unlucky, neighbour = batcher.submit(tagged(13)), batcher.submit(tagged(1))  # one call of two images
+    later = batcher.submit(tagged(2))
+    with pytest.raises(RuntimeError, match="unlucky image"):
+        unlucky.result(10)
+    with pytest.raises(RuntimeError, match="unlucky image"):
+        neighbour.result(10)
+    assert later.result(10).item() == 2.0  # the next call works
+    batcher.close()
+
+    def broken(batch: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no kernel for this CPU")
+
+    dead = Batcher(broken, input_shape=(3, 2, 2), max_batch_size=2, max_wait_ms=0, max_queue=8)
+    dead.start()
+    request = dead.submit(tagged(1))
+    with pytest.raises(RuntimeError, match="no kernel"):
+        request.result(10)  # answered (500 over HTTP), not left waiting
+    assert not dead.ready.is_set()  # /v2/health/ready keeps answering 503
+    dead.close()

@@ -574,8 +574,9 @@ def _visual_flags(g) -> None:
 def _serve_flags(g) -> None:
     d = Config()
     g.add_argument("--serve", default=d.serve, metavar="MODEL_OR_DEPLOY_JSON",
-                   help="serve an exported model (TorchScript or ONNX file, or a deploy.json naming one) over HTTP: "
-                        "Open Inference Protocol v2 under /v2, POST /predict, GET /metrics, a web page at /")
+                   help="serve an exported model (TorchScript, ONNX, AOTInductor or OpenVINO file, or a deploy.json "
+                        "naming one) over HTTP: Open Inference Protocol v2 under /v2, POST /predict, GET /metrics, a "
+                        "web page at /")
     g.add_argument("--host", default=d.host, help="address to listen on (0.0.0.0: every interface)")
     g.add_argument("--port", type=_non_negative_int, default=d.port, help="TCP port (0: any free port)")
     g.add_argument("--max_batch_size", type=_positive_int, default=d.max_batch_size, metavar="N",

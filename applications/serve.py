@@ -3,10 +3,11 @@
     python main.py --serve checkpoints/RUN/best.torchscript.pt [--host 127.0.0.1 --port 8000]
         [--max_batch_size 16 --max_wait_ms 5 --max_queue 256 --max_body_mb 16 --topk 5 --threads T]
 
-The model is loaded by serving.runtime (the demo's loader: TorchScript, ONNX, or what a deploy.json names, with its
-threads), warmed up in the inference thread, and served until SIGTERM or Ctrl-C. On either, uvicorn stops accepting
-connections, answers the requests in flight (for at most GRACEFUL_SHUTDOWN_S), and the batcher drains its queue.
-After SIGTERM the process ends on the signal itself (exit status 143 in a shell), as uvicorn re-raises it.
+The model is loaded by serving.runtime (the demo's loader: TorchScript, ONNX, AOTInductor, OpenVINO, or what a
+deploy.json names, with its threads), warmed up in the inference thread, and served until SIGTERM or Ctrl-C. On
+either, uvicorn stops accepting connections, answers the requests in flight (for at most GRACEFUL_SHUTDOWN_S), and the
+batcher drains its queue. After SIGTERM the process ends on the signal itself (exit status 143 in a shell), as uvicorn
+re-raises it.
 """
 from __future__ import annotations
 
@@ -58,11 +59,11 @@ def run(cfg: Config, explicit: set[str]) -> None:
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     log.info("serving %s (%s, %s, %d classes, input %s) from %s at %s: page %s/, POST %s/predict, protocol %s/v2/"
-             "models/%s, metrics %s/metrics; batches of up to %d images, waiting up to %g ms; %s threads per model "
-             "call",
+             "models/%s, metrics %s/metrics; batches of up to %d images, waiting up to %g ms; threads per model "
+             "call: %s",
              name, model.format, model.name, len(model.class_names), "x".join(map(str, model.preprocessing.image_size)),
              cfg.serve, url, url, url, url, name, url, cfg.max_batch_size, cfg.max_wait_ms,
-             threads or "the deploy.json's")
+             model.threads or threads or "the runtime's default")
     server = uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=False, lifespan="on",
                                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
     try:

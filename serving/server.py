@@ -101,8 +101,8 @@ def top_classes(probs: torch.Tensor, class_names: list[str], k: int) -> list[lis
 def model_metadata(model: runtime.ExportedModel, name: str, max_batch_size: int) -> dict:
     """The protocol's model metadata, plus what a client needs to prepare images: the classes and preprocessing."""
     input_shape = [3, *map(int, model.preprocessing.image_size)]
-    platform = {"TorchScript": "pytorch_torchscript", "ONNX": "onnxruntime_onnx"}.get(model.format,
-                                                                                      model.format.lower())
+    platform = {"TorchScript": "pytorch_torchscript", "ONNX": "onnxruntime_onnx", "AOTInductor": "pytorch_aotinductor",
+                "OpenVINO": "openvino"}.get(model.format, model.format.lower())
     return {"name": name, "versions": [VERSION], "platform": platform,
             "inputs": [{"name": INPUT_PIXELS, "datatype": "UINT8", "shape": [-1, *input_shape]},
                        {"name": INPUT_ENCODED, "datatype": "BYTES", "shape": [-1]}],

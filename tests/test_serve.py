@@ -379,6 +379,21 @@ def tuple_of(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def test_a_deploy_manifest_is_served_with_its_runtime_and_threads(exports, images, tmp_path):
+    from serving.runtime import write_deploy_manifest
+
+    manifest = write_deploy_manifest(tmp_path / "deploy.json", {
+        "model": os.path.relpath(exports["onnx"], tmp_path), "runtime": "onnxruntime", "threads": 1, "batch_size": 1,
+        "p50_ms": 0.1, "p99_ms": 0.2, "fps": 1000.0, "top1": None, "cpu": "test", "measured": "test"})
+    with Server(manifest, log_path=tmp_path / "server.log") as server:
+        meta = get(server, f"/v2/models/{MODEL_NAME}")[1]
+        status, reply = predict(server, [(images[0].name, images[0].read_bytes())])
+        log = server.log
+    assert meta["format"] == "ONNX" and meta["platform"] == "onnxruntime_onnx"
+    assert status == 200 and len(reply["results"][0]["predictions"]) == 10
+    assert "; threads per model call: 1" in log, log
+
+
 # --- the command line -------------------------------------------------------------------------------------------------
 
 

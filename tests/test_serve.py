@@ -346,7 +346,7 @@ def test_a_full_queue_answers_503(exports, images, tmp_path):
 
 def test_sigterm_stops_taking_requests_and_answers_those_in_flight(exports, images, tmp_path):
     files = images[:8]
-    server = Server(exports["torchscript"], "--max_batch_size", "64", "--max_wait_ms", "3000",
+    server = Server(exports["torchscript"], "--max_batch_size", "64", "--max_wait_ms", "6000",
                     log_path=tmp_path / "server.log")
     with server, ThreadPoolExecutor(len(files)) as pool:
         def timed(path: Path) -> tuple[float, tuple[int, dict]]:
@@ -354,7 +354,7 @@ def test_sigterm_stops_taking_requests_and_answers_those_in_flight(exports, imag
             return time.monotonic(), reply
 
         pending = [pool.submit(timed, path) for path in files]
-        wait_for_queue(server, len(files))  # all 8 are in, waiting for the batch to fill or the 3 s to pass
+        wait_for_queue(server, len(files))  # all 8 are in, waiting for the batch to fill or the 6 s to pass
         server.proc.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
         time.sleep(0.5)

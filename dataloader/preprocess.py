@@ -133,19 +133,25 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
     because `cv2.imread` cannot open non-ASCII paths on every platform. Raises `ImageDecodeError` for
     zero-byte, truncated or non-image files (FileNotFoundError for a missing one).
     """
-    data = np.fromfile(os.fspath(path), dtype=np.uint8)
+    return decode_image_bytes(np.fromfile(os.fspath(path), dtype=np.uint8), path)
+
+
+def decode_image_bytes(data: bytes | np.ndarray, name: str | os.PathLike) -> np.ndarray:
+    """An encoded image (a file's bytes, an upload) as an HxWx3 uint8 RGB array, with decode_image's checks;
+    ``name`` is what an `ImageDecodeError` names."""
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if data.size == 0:
-        raise ImageDecodeError(path, "empty file (0 bytes)")
+        raise ImageDecodeError(name, "empty file (0 bytes)")
     truncated = truncation_reason(data)
     if truncated:
-        raise ImageDecodeError(path, truncated)
+        raise ImageDecodeError(name, truncated)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
-        raise ImageDecodeError(path, "OpenCV cannot decode it (not an image, corrupt, or unsupported format)")
+        raise ImageDecodeError(name, "OpenCV cannot decode it (not an image, corrupt, or unsupported format)")
     try:
         return _to_rgb(_to_uint8(image))
     except ValueError as e:
-        raise ImageDecodeError(path, str(e)) from None
+        raise ImageDecodeError(name, str(e)) from None
 
 
 def letterbox_geometry(height: int, width: int, size: tuple[int, int]) -> tuple[int, int, int, int, float]:

@@ -73,19 +73,10 @@ class Problem(Exception):
 def decode_image_bytes(data: bytes, name: str, preprocessing: runtime.Preprocessing) -> torch.Tensor:
     """Encoded image bytes to the uint8 CHW tensor ``load_image_tensor`` makes of the same file: the same checks
     (empty, truncated PNG/JPEG), OpenCV decode, depth and channel conversion, letterbox."""
-    import cv2
-
-    if not data:
-        raise Problem(400, f"cannot decode image '{name}': empty (0 bytes)", "decode")
-    reason = _preprocess.truncation_reason(data)
-    image = None if reason else cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        reason = reason or "OpenCV cannot decode it (not an image, corrupt, or unsupported format)"
-        raise Problem(400, f"cannot decode image '{name}': {reason}", "decode")
     try:
-        rgb = _preprocess._to_rgb(_preprocess._to_uint8(image))
-    except ValueError as exc:
-        raise Problem(400, f"cannot decode image '{name}': {exc}", "decode") from None
+        rgb = _preprocess.decode_image_bytes(data, name)
+    except _preprocess.ImageDecodeError as exc:
+        raise Problem(400, f"cannot decode image '{name}': {exc.reason}", "decode") from None
     image = _preprocess.letterbox_resize(rgb, preprocessing.image_size, preprocessing.pad_value)
     return _preprocess.to_chw_uint8(image)
 

@@ -71,7 +71,9 @@ EAGER, TORCHSCRIPT, ORT_FP32, ORT_INT8 = "eager PyTorch fp32", "TorchScript", "O
 ORT_FP32_ONE_THREAD = "ONNX Runtime fp32, 1 thread"
 ORT_FP32_OTHER = "ONNX Runtime fp32, other exporter"  # --compare_onnx_exporters
 AOTI, OPENVINO, OPENVINO_ONE_THREAD = "AOTInductor", "OpenVINO", "OpenVINO, 1 thread"
-FP32_EXPORTS = (TORCHSCRIPT, ORT_FP32, ORT_FP32_ONE_THREAD, ORT_FP32_OTHER, AOTI, OPENVINO, OPENVINO_ONE_THREAD)
+ONE_THREAD = ", 1 thread"  # the suffix of a form's single-threaded twin
+FP32_EXPORTS = (TORCHSCRIPT, ORT_FP32, ORT_FP32_ONE_THREAD, ORT_FP32_OTHER, AOTI, OPENVINO, OPENVINO_ONE_THREAD,
+                TORCHSCRIPT + ONE_THREAD, AOTI + ONE_THREAD)
 TARGET_FPS, TARGET_RATIO, TARGET_TOP1_POINTS = 500.0, 4.0, 0.1
 
 
@@ -111,6 +113,7 @@ class Forms:
 
     int8: bool = True
     one_thread: bool = False  # the ONNX (and OpenVINO) file also with one intra-op thread, when threads > 1
+    torch_one_thread: bool = False  # TorchScript and AOTInductor too, torch's threads switched around each call
     aoti: bool = False
     openvino: bool = False
     onnx_exporter: str = "auto"  # engine.onnx.write_onnx's exporter
@@ -126,6 +129,7 @@ class Variants:
     sizes: dict[str, float] = field(default_factory=dict)  # file size in MiB
     errors: dict[str, str] = field(default_factory=dict)  # forms that failed to build, and why
     deployable: dict[str, tuple[Path, str, int]] = field(default_factory=dict)  # file, deploy.json runtime, threads
+    twins: dict[str, str] = field(default_factory=dict)  # a form -> the form it computes the same outputs as
 
     def label(self, name: str) -> str:
         return f"{name} ({self.details[name]})" if self.details.get(name) else name
@@ -192,6 +196,7 @@ def build_variants(model: torch.nn.Module, name: str, images: torch.Tensor, work
                 out.runs[ORT_FP32_ONE_THREAD] = lambda batch, session=single: run_session(session, batch)
                 out.sizes[ORT_FP32_ONE_THREAD] = out.sizes[form]
                 out.deployable[ORT_FP32_ONE_THREAD] = (path, "onnxruntime", 1)
+                out.twins[ORT_FP32_ONE_THREAD] = form
         except Exception as exc:  # noqa: BLE001
             out.errors[form] = _first_line(exc)
             break  # int8 is quantised from the fp32 file
@@ -205,7 +210,39 @@ def build_variants(model: torch.nn.Module, name: str, images: torch.Tensor, work
         _build(out, OPENVINO, lambda: _openvino(onnx_path, xml, metadata, threads))
         if forms.one_thread and threads > 1 and OPENVINO in out.runs:
             _build(out, OPENVINO_ONE_THREAD, lambda: _openvino(None, xml, metadata, 1))
+            out.twins[OPENVINO_ONE_THREAD] = OPENVINO
+    if forms.torch_one_thread and threads > 1:
+        for form in (TORCHSCRIPT, AOTI):
+            if form in out.runs:
+                twin = form + ONE_THREAD
+                out.runs[twin], out.details[twin] = _with_torch_threads(out.runs[form], 1), out.details.get(form, "")
+                out.sizes[twin], out.twins[twin] = out.sizes[form], form
+                path, runtime, _ = out.deployable[form]
+                out.deployable[twin] = (path, runtime, 1)
+    out.runs = {name: out.runs[name] for name in _twins_last(out)}
     return out
+
+
+def _twins_last(out: Variants) -> list[str]:
+    """The forms in build order, each single-threaded twin right after its form."""
+    order = []
+    for name in out.runs:
+        if name not in out.twins:
+            order += [name] + [twin for twin, base in out.twins.items() if base == name and twin in out.runs]
+    return order
+
+
+def _with_torch_threads(run: Callable, threads: int) -> Callable:
+    """``run`` with torch's (process-wide) thread count set to ``threads`` for each call; switching costs ~0.4 us."""
+    def call(batch: torch.Tensor) -> torch.Tensor:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return run(batch)
+        finally:
+            torch.set_num_threads(previous)
+
+    return call
 
 
 def _build(out: Variants, form: str, build: Callable) -> None:
@@ -303,7 +340,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     subject = checkpoint_subject(args.resume) if args.resume else random_subject(args)
-    forms = Forms(int8=args.int8, one_thread=True, aoti=args.aoti or args.deploy is not None,
+    forms = Forms(int8=args.int8, one_thread=True, torch_one_thread=args.deploy is not None,
+                  aoti=args.aoti or args.deploy is not None,
                   openvino=args.openvino or args.deploy is not None, onnx_exporter=args.onnx_exporter,
                   compare_onnx_exporters=args.compare_onnx_exporters)
     with tempfile.TemporaryDirectory() as temporary:
@@ -320,7 +358,9 @@ def main(argv: list[str] | None = None) -> None:
         top1, scored = {}, 0
         if subject.cfg is not None:
             print(f"scoring every form on the {args.split} split of {subject.cfg.data} ...", flush=True)
-            top1, scored = split_top1(variants.runs, subject.cfg, subject.class_names, args.split)
+            scoring = {name: run for name, run in variants.runs.items() if name not in variants.twins}
+            top1, scored = split_top1(scoring, subject.cfg, subject.class_names, args.split)
+            top1.update({twin: top1[base] for twin, base in variants.twins.items() if base in top1})
         times = measure_latency(variants.runs, subject.images[0], iters=args.iters, warmup=args.warmup)
     fps = {name: len(t) / t.sum() for name, t in times.items()}
     headers = ["variant", "ms p50", "ms p90", "FPS", "ratio vs eager", "top-1 agreement vs eager",

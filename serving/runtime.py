@@ -250,7 +250,8 @@ def _load_openvino(path: Path, threads: int | None) -> ExportedModel:
     try:
         import openvino as ov
     except ImportError:
-        raise ModelFileError(f"{path} is an OpenVINO IR, which needs OpenVINO: pip install openvino==2026.4.1") from None
+        raise ModelFileError(f"{path} is an OpenVINO IR, which needs OpenVINO: pip install openvino==2026.4.1"
+                             ) from None
     core = ov.Core()
     try:
         model = core.read_model(str(path))

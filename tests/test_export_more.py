@@ -143,7 +143,7 @@ def test_deploy_benchmark_chooses_a_runtime_and_the_demo_runs_its_manifest(expor
     forms = {"TorchScript", "ONNX Runtime fp32", "AOTInductor", "OpenVINO"}  # each also with 1 thread of the 2
     assert {name.split(" (")[0] for name in candidates} == forms | {f"{form}, 1 thread" for form in forms}, candidates
     assert all(c["passed_gate"] for c in candidates.values()), candidates
-    assert manifest["p50_ms"] == min(c["p50_ms"] for c in candidates.values())
+    assert manifest["fps"] == max(c["fps"] for c in candidates.values())
     expected_format = {"torchscript": "TorchScript", "onnxruntime": "ONNX", "aotinductor": "AOTInductor",
                        "openvino": "OpenVINO"}[manifest["runtime"]]
     model = load_exported(manifest_path)
@@ -221,5 +221,6 @@ def test_export_errors_are_one_line(exports, tmp_path, monkeypatch):
                           timeout=TIMEOUT)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: no working C++ compiler") and "apt-get install g++" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: no working C++ compiler"), proc.stderr
+    assert "apt-get install g++" in lines[0]
     assert not (tmp_path / "x.pt2").exists()

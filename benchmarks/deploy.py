@@ -87,9 +87,10 @@ def inference_environment(threads: int, *, openvino: bool = False) -> str:
         import openvino as ov
 
         versions += f", openvino {ov.get_version().split('-')[0]}"
+    load = f", load average {os.getloadavg()[0]:.2f} (1 min, all processes)" if hasattr(os, "getloadavg") else ""
     return (f"environment: {versions}, CPU capability {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} "
             f"cores, torch threads {torch.get_num_threads()}, ONNX Runtime intra-op threads {threads}, batch 1, "
-            "processes 1")
+            f"processes 1{load}")
 
 
 def real_images(size: int, *, root: Path = DEFAULT_IMAGES, count: int = 32) -> tuple[torch.Tensor, str]:

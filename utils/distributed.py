@@ -61,19 +61,43 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 def _restart_store(rank: int, world_size: int) -> dict:
-    """Under torchrun the workers share the elastic agent's store, which outlives a restart of the workers
-    (``--max-restarts``): keys the previous attempt wrote (e.g. gloo's peer addresses) would be read by the new
-    one, which then connects to dead processes (seen here: 'Connection refused' or a hang after kill -9 of one
-    worker). Each attempt gets its own key prefix. Elsewhere: {} (torch's env:// rendezvous)."""
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+    """A store of this attempt's own for the process group when torchrun shares its agent's store.
+
+    That store outlives a restart of the workers (``--max-restarts``), so keys the previous attempt wrote (gloo's
+    peer addresses) would be read by the new one, which then waits on dead processes: a hang after kill -9 of one
+    worker in a two-node run. Torch's own per-attempt prefix, the agent's restart count, differs between nodes
+    (an agent restarted for a peer's failure does not count it; pytorch#135712), so it cannot be the key.
+
+    Instead rank 0 hosts a fresh store on a free port and announces port and a random token in the shared store.
+    The other ranks take an announcement only when a live store on that port holds the token: the previous
+    attempt's rank 0, whose announcement may still be there, is dead before this attempt starts.
+    Elsewhere (plain torchrun env://, Ray, TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1): {} and torch's default."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return {}
+    import secrets
+    import time
     from datetime import timedelta
 
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
-                          timeout=timedelta(minutes=10))
-    attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
-    return {"store": dist.PrefixStore(f"classifier/attempt_{attempt}", store), "rank": rank,
-            "world_size": world_size}
+    host, timeout = os.environ["MASTER_ADDR"], timedelta(minutes=10)
+    shared = dist.TCPStore(host, int(os.environ["MASTER_PORT"]), world_size, is_master=False, timeout=timeout)
+    if rank == 0:
+        token = secrets.token_hex(8)
+        store = dist.TCPStore(host, 0, world_size, is_master=True, timeout=timeout, wait_for_workers=False)
+        store.set("classifier/token", token)
+        shared.set("classifier/attempt_store", f"{store.port}:{token}")
+        return {"store": store, "rank": rank, "world_size": world_size}
+    deadline = time.monotonic() + timeout.total_seconds()
+    while time.monotonic() < deadline:
+        port, token = shared.get("classifier/attempt_store").decode().split(":")
+        try:
+            store = dist.TCPStore(host, int(port), world_size, is_master=False, timeout=timedelta(seconds=2))
+            if store.get("classifier/token").decode() == token:
+                store.set_timeout(timeout)
+                return {"store": store, "rank": rank, "world_size": world_size}
+        except (RuntimeError, ValueError):  # the previous attempt's store: gone, or another server on its port
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"rank {rank}: no process-group store from rank 0 on {host} within {timeout}")
 
 
 def cleanup_distributed() -> None:

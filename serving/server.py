@@ -5,7 +5,8 @@
     GET  /v2/models/{name}[/versions/1]        classes, input shapes and datatypes, preprocessing
     GET  /v2/models/{name}/ready
     POST /v2/models/{name}[/versions/1]/infer  protocol JSON: one input, UINT8 [N, 3, H, W] letterboxed pixels or
-                                               BYTES [N] of encoded images (base64 strings); FP32 [N, C] out
+                                               BYTES [N] of encoded images; FP32 [N, C] out; JSON or the
+                                               binary tensor extension (serving/protocol.py)
     POST /predict[?topk=K]                     image files (multipart, any field names) or one image as the raw
                                                body -> the top-k classes of each, with names
     GET  /metrics                              Prometheus text format
@@ -20,15 +21,12 @@ pipeline), in a worker thread so that a large photo does not stall the event loo
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,12 +39,12 @@ from starlette.routing import Match, Router
 from serving import runtime
 from serving.batcher import Batcher, QueueFull, ShuttingDown
 from serving.metrics import ServerMetrics
+from serving.protocol import INPUT_ENCODED, INPUT_PIXELS, OUTPUT, Problem, infer_reply, parse_infer
 from utils.logger import get_logger
 from utils.metrics import ranked_classes
 
 STATIC = Path(__file__).resolve().parent / "static"
 VERSION = "1"  # the one model version this server holds, as the protocol's paths name it
-INPUT_PIXELS, INPUT_ENCODED, OUTPUT = "images", "encoded_images", "probabilities"
 # decode_image reads a path; its pieces, applied to bytes here, give the same pixels (dataloader/preprocess.py)
 _preprocess = runtime._preprocess
 
@@ -60,14 +58,6 @@ class ServerSettings:
     max_queue: int = 256
     max_body_bytes: int = 16 * 2**20
     topk: int = 5
-
-
-class Problem(Exception):
-    """A request the server answers with an error: the HTTP status, the message, and the reason for the metrics."""
-
-    def __init__(self, status: int, message: str, reason: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.reason, self.headers = status, message, reason, headers
 
 
 def decode_image_bytes(data: bytes, name: str, preprocessing: runtime.Preprocessing) -> torch.Tensor:
@@ -204,20 +194,10 @@ def create_app(model: runtime.ExportedModel, settings: ServerSettings = ServerSe
     @app.post("/v2/models/{model_name}/versions/{version}/infer")
     async def infer(model_name: str, request: Request, version: str | None = None):
         check_model(model_name, version)
-        body = await _json_body(request)
-        tensor = infer_input(body, input_shape)
-        for wanted in body.get("outputs") or []:
-            if not isinstance(wanted, dict) or wanted.get("name") != OUTPUT:
-                raise Problem(400, f"unknown output {wanted!r}; the model has one output, '{OUTPUT}'", "bad_request")
-        if isinstance(tensor, list):  # encoded images
-            tensor = await decode_all(tensor)
-        probs = await classify(tensor)
-        reply = {"model_name": name, "model_version": VERSION,
-                 "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": list(probs.shape),
-                              "data": probs.flatten().tolist()}]}
-        if "id" in body:
-            reply["id"] = body["id"]
-        return JSONResponse(reply)
+        parsed = parse_infer(await request.body(), request.headers, input_shape, settings.max_body_bytes)
+        pixels = parsed.pixels if parsed.encoded is None else await decode_all(parsed.encoded)
+        content, headers = infer_reply(name, VERSION, await classify(pixels), parsed)
+        return Response(content, headers=headers)
 
     # --- the simple API and the page ----------------------------------------------------------------------------------
     @app.post("/predict")
@@ -242,60 +222,6 @@ def create_app(model: runtime.ExportedModel, settings: ServerSettings = ServerSe
         return HTMLResponse(page)
 
     return app
-
-
-def infer_input(body: dict, input_shape: tuple[int, int, int]) -> torch.Tensor | list[tuple[str, bytes]]:
-    """The one input of a protocol infer request: a uint8 NCHW tensor, or (name, encoded bytes) per image."""
-    inputs = body.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise Problem(400, f"expected 'inputs' to hold one tensor, either '{INPUT_PIXELS}' (UINT8 [N, "
-                           f"{', '.join(map(str, input_shape))}]) or '{INPUT_ENCODED}' (BYTES [N])", "bad_request")
-    tensor = inputs[0]
-    datatype, shape, data = tensor.get("datatype"), tensor.get("shape"), tensor.get("data")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape) or data is None:
-        raise Problem(400, "each input needs 'shape' (a list of sizes), 'datatype' and 'data'", "bad_request")
-    if datatype == "UINT8":
-        return _pixels(shape, data, tensor.get("name", INPUT_PIXELS), input_shape)
-    if datatype == "BYTES":
-        return _encoded(shape, data, tensor.get("name", INPUT_ENCODED))
-    raise Problem(400, f"unsupported datatype {datatype!r}: send UINT8 pixels or BYTES of encoded images",
-                  "bad_request")
-
-def _pixels(shape: list[int], data: list, input_name: str, input_shape: tuple[int, int, int]) -> torch.Tensor:
-    if len(shape) != 4 or tuple(shape[1:]) != input_shape or shape[0] < 1:
-        raise Problem(400, f"input '{input_name}' has shape {shape}; expected [N, "
-                           f"{', '.join(map(str, input_shape))}] (letterboxed RGB, N >= 1)", "bad_request")
-    try:
-        values = np.asarray(data, dtype=np.int64).reshape(shape)
-    except (ValueError, TypeError):
-        raise Problem(400, f"input '{input_name}': data must hold {int(np.prod(shape))} integers for shape "
-                           f"{shape}", "bad_request") from None
-    if values.size and (values.min() < 0 or values.max() > 255):
-        raise Problem(400, f"input '{input_name}': UINT8 values must lie in 0..255", "bad_request")
-    return torch.from_numpy(values.astype(np.uint8))
-
-def _encoded(shape: list[int], data: list, input_name: str) -> list[tuple[str, bytes]]:
-    if len(shape) != 1 or shape[0] < 1 or not isinstance(data, list) or len(data) != shape[0]:
-        raise Problem(400, f"input '{input_name}': BYTES shape must be [N] with N >= 1 strings in 'data'",
-                      "bad_request")
-    files = []
-    for i, item in enumerate(data):
-        label = f"{input_name}[{i}]"
-        try:
-            files.append((label, base64.b64decode(item, validate=True)))
-        except (binascii.Error, TypeError, ValueError):
-            raise Problem(400, f"cannot decode image '{label}': not a base64 string", "decode") from None
-    return files
-
-
-async def _json_body(request: Request) -> dict:
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Problem(400, f"the body is not valid JSON ({exc})", "bad_request") from None
-    if not isinstance(body, dict):
-        raise Problem(400, "the body must be a JSON object with 'inputs'", "bad_request")
-    return body
 
 
 async def _uploaded_images(request: Request) -> list[tuple[str, bytes]]:

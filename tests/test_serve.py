@@ -308,6 +308,76 @@ def test_protocol_endpoints_and_bad_input(exports, images, tmp_path):
     assert metric(metrics, "classifier_requests_total", endpoint="/predict", status="413") == 2
 
 
+def test_tritonclient_binary_tensors_and_compression(exports, images, tmp_path):
+    """The protocol's own client (tritonclient[http]) with its defaults: the binary tensor extension for inputs
+    and outputs, BYTES as length-prefixed elements; JSON outputs on request; gzip and deflate request bodies."""
+    httpclient = pytest.importorskip("tritonclient.http", reason="pip install -r requirements-test.txt")
+    import numpy as np
+
+    model = load_exported(exports["torchscript"])
+    pixels = torch.stack([load_image_tensor(p, model.preprocessing) for p in images[:4]])
+    with torch.inference_mode():
+        expected = model(pixels).numpy()
+    encoded = np.array([p.read_bytes() for p in images[:4]], dtype=np.object_)
+    with Server(exports["torchscript"], log_path=tmp_path / "server.log") as server:
+        client = httpclient.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=REQUEST_TIMEOUT)
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL_NAME)
+        meta = client.get_model_metadata(MODEL_NAME)
+        assert meta["inputs"][0]["shape"] == [-1, 3, 16, 16] and meta["outputs"][0]["name"] == "probabilities"
+        answers = {}
+        for name, array, datatype in (("images", pixels.numpy(), "UINT8"), ("encoded_images", encoded, "BYTES")):
+            for binary_in in (True, False) if datatype == "UINT8" else (True,):
+                tensor = httpclient.InferInput(name, list(array.shape), datatype)
+                tensor.set_data_from_numpy(array, binary_data=binary_in)
+                for binary_out in (True, False):
+                    for compression in (None, "gzip", "deflate"):
+                        result = client.infer(MODEL_NAME, [tensor], request_id="7", outputs=[
+                            httpclient.InferRequestedOutput("probabilities", binary_data=binary_out)],
+                            request_compression_algorithm=compression)
+                        answers[name, binary_in, binary_out, compression] = result
+        default = client.infer(MODEL_NAME, [tensor])  # no outputs named: binary_data_output in the parameters
+        client.close()
+        metrics = get(server, "/metrics")[1]
+    assert len(answers) == 18
+    for key, result in answers.items():
+        assert result.get_response()["id"] == "7"
+        assert np.abs(result.as_numpy("probabilities") - expected).max() <= 1e-5, key
+        assert ("data" in result.get_output("probabilities")) is not key[2], key
+    assert np.abs(default.as_numpy("probabilities") - expected).max() <= 1e-5
+    assert "data" not in default.get_output("probabilities")
+    assert metric(metrics, "classifier_requests_total", endpoint="/v2/models/{model_name}/infer",
+                  status="200") == 19
+
+
+def test_binary_extension_errors(exports, images, tmp_path):
+    """Malformed binary requests get a 400 that says what is wrong; a gzip bomb gets a 413."""
+    import gzip
+
+    header = json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 16, 16], "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": 768}}]}).encode()
+    path = f"/v2/models/{MODEL_NAME}/infer"
+    with Server(exports["torchscript"], "--max_body_mb", "0.05", log_path=tmp_path / "server.log") as server:
+        ok = call(server, "POST", path, header + bytes(768), {"Inference-Header-Content-Length": str(len(header))})
+        assert ok[0] == 200 and json.loads(ok[2])["outputs"][0]["shape"] == [1, 10]
+        cases = {"binary_data_size": (header + bytes(700), str(len(header)), {}),
+                 "Inference-Header-Content-Length": (header + bytes(768), "999999", {}),
+                 "not valid JSON": (header + bytes(768), str(len(header) - 3), {}),
+                 "Content-Encoding": (header, None, {"Content-Encoding": "br"}),
+                 "not valid gzip": (b"plain", None, {"Content-Encoding": "gzip"})}
+        for expected, (body, length, extra) in cases.items():
+            headers = {**extra, **({"Inference-Header-Content-Length": length} if length else {})}
+            status, _, reply = call(server, "POST", path, body, headers)
+            assert status == 400 and expected in json.loads(reply)["error"], (expected, reply)
+        bytes_header = json.dumps({"inputs": [{"name": "encoded_images", "shape": [1], "datatype": "BYTES",
+                                               "parameters": {"binary_data_size": 8}}]}).encode()
+        status, _, reply = call(server, "POST", path, bytes_header + (100).to_bytes(4, "little") + b"abcd",
+                                {"Inference-Header-Content-Length": str(len(bytes_header))})
+        assert status == 400 and "claims 100 bytes" in json.loads(reply)["error"]
+        bomb = gzip.compress(b"{" + b" " * 200_000 + b"}")
+        status, _, reply = call(server, "POST", path, bomb, {"Content-Encoding": "gzip"})
+        assert status == 413 and "inflates past" in json.loads(reply)["error"] and len(bomb) < 50_000
+
+
 def predict_default_topk(server: Server, files: list[tuple[str, bytes]]) -> tuple[int, dict]:
     body, content_type = multipart(files)
     status, _, reply = call(server, "POST", "/predict", body, {"Content-Type": content_type})

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 extra=()
-if [ "${1:-}" = "--test" ]; then extra=("pytest==9.2.0"); fi
+if [ "${1:-}" = "--test" ]; then extra=("pytest==9.2.0" "tritonclient[http]==2.73.0"); fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 stamp=".venv/.installed-$( (cat requirements.txt; echo "${extra[@]:-}") | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then

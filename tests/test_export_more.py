@@ -127,6 +127,34 @@ def test_demo_classifies_with_each_new_format_as_eager_does(exports, tiny_digits
         assert top["probability"] == pytest.approx(float(probs.max()), abs=1e-4)
 
 
+@pytest.mark.parametrize("fmt", ["pt2", "openvino"])
+def test_the_server_batches_each_new_format_as_eager_answers(exports, tiny_digits, tmp_path, fmt):
+    """main.py --serve on an AOTInductor package and an OpenVINO IR: 16 concurrent /predict requests, batched, each
+    answer equal to eager within 1e-4."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_serve import Server, call, get, metric
+
+    paths = sorted((tiny_digits / "test").rglob("*.png"))[:16]
+    _, expected, _ = eager_probs(exports["checkpoint"], paths)
+
+    def one(path: Path) -> dict:
+        status, _, body = call(server, "POST", "/predict?topk=10", path.read_bytes(), {"Content-Type": "image/png"})
+        assert status == 200, body
+        return json.loads(body)["results"][0]["predictions"]
+
+    with Server(exports[fmt].path, "--max_batch_size", "8", "--max_wait_ms", "50", "--threads", "1",
+                log_path=tmp_path / "server.log") as server:
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(one, paths))
+        metrics = get(server, "/metrics")[1]
+    assert f"serving small_cnn ({exports[fmt].format}, small_cnn, 10 classes" in server.log
+    for predictions, probs in zip(answers, expected):
+        got = torch.tensor([p["probability"] for p in sorted(predictions, key=lambda p: p["index"])])
+        torch.testing.assert_close(got, probs, atol=1e-4, rtol=0)
+    assert metric(metrics, "classifier_batch_size_count") < 16  # some requests shared a model call
+
+
 def test_deploy_benchmark_chooses_a_runtime_and_the_demo_runs_its_manifest(exports, tiny_digits, tmp_path):
     out = run([sys.executable, "benchmarks/deploy.py", "--resume", str(exports["checkpoint"]), "--deploy",
                str(tmp_path), "--iters", "5", "--warmup", "1", "--threads", "2", "--no-int8"]).stdout

@@ -82,6 +82,8 @@ class Config:
     restart_decay: float = 1.0
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
+    min_lr: float = 0.0
+    lr_steps: list[float] = field(default_factory=list)
     plateau_patience: int = 2
     lr_find: bool = False
     lr_find_start: float = 1e-7
@@ -322,6 +324,11 @@ def _schedule_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g.add_argument("--milestones", type=int, nargs="+", default=d.milestones, metavar="EPOCH",
                    help="multistep: epochs at whose start the lr is multiplied by --gamma")
     g.add_argument("--gamma", type=float, default=d.gamma, help="multistep and plateau: lr multiplier per drop")
+    g.add_argument("--min_lr", type=float, default=d.min_lr,
+                   help="cosine and sgdr: the lr they end each cycle at (the seeds use 1e-6); default 0")
+    g.add_argument("--lr_steps", type=float, nargs="+", default=d.lr_steps, metavar="LR",
+                   help="multistep: the lr of each stage instead of --gamma drops, one more than --milestones "
+                        "(e.g. --lr_steps 5e-4 1e-4 1e-5 1e-6 --milestones 10 20 30)")
     g.add_argument("--plateau_patience", type=int, default=d.plateau_patience,
                    help="plateau: epochs without a val loss improvement tolerated before the lr drops")
 

@@ -110,4 +110,5 @@ def scheduler_from_config(cfg: Config, optimizer: torch.optim.Optimizer, *, step
     return build_scheduler(optimizer, cfg.lr_schedule, epochs=cfg.epochs, warmup=cfg.warmup,
                            steps_per_epoch=steps_per_epoch, restart_epochs=cfg.restart_epochs,
                            restart_mult=cfg.restart_mult, restart_decay=cfg.restart_decay, milestones=cfg.milestones,
-                           gamma=cfg.gamma, plateau_patience=cfg.plateau_patience)
+                           gamma=cfg.gamma, plateau_patience=cfg.plateau_patience, min_lr=cfg.min_lr,
+                           lr_steps=cfg.lr_steps)

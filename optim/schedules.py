@@ -47,6 +47,8 @@ class ScheduleSpec:
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
     plateau_patience: int = 2
+    min_factor: float = 0.0  # cosine and sgdr end here (--min_lr / lr)
+    stage_factors: tuple[float, ...] = ()  # multistep: the factor of each stage (--lr_steps / lr) instead of gamma
 
     @property
     def warmup_steps(self) -> int:
@@ -108,11 +110,16 @@ def _warmup_step(spec: ScheduleSpec) -> Factor:
     return lambda step: warmup_step_lambda(step // spec.steps_per_epoch, epochs=spec.epochs, warmup=spec.warmup)
 
 
+def _cosine_down(progress: float, peak: float, floor: float) -> float:
+    """Half-cosine from ``peak`` to ``floor`` (--min_lr's factor) as ``progress`` goes from 0 to 1."""
+    return floor + (peak - floor) * _half_cosine(progress)
+
+
 @register_schedule("cosine")
 def _warmup_cosine(spec: ScheduleSpec) -> Factor:
-    """Linear warmup from 0.1 to 1, then half-cosine to 0 at the last step."""
+    """Linear warmup from 0.1 to 1, then half-cosine to --min_lr (default 0) at the last step."""
     rest = max(1, spec.total_steps - spec.warmup_steps)
-    return _with_warmup(spec, lambda step: _half_cosine(step / rest))
+    return _with_warmup(spec, lambda step: _cosine_down(step / rest, 1.0, spec.min_factor))
 
 
 def sgdr_cycle(step: float, first: float, mult: float) -> tuple[int, float, float]:
@@ -126,7 +133,8 @@ def sgdr_cycle(step: float, first: float, mult: float) -> tuple[int, float, floa
 @register_schedule("sgdr")
 def _sgdr(spec: ScheduleSpec) -> Factor:
     """Cosine with warm restarts (Loshchilov & Hutter 2017): cycle i lasts restart_epochs * restart_mult**i
-    epochs, runs a half-cosine from restart_decay**i to 0, and the next cycle restarts at its peak."""
+    epochs, runs a half-cosine from restart_decay**i to --min_lr (default 0), and the next cycle restarts at its
+    peak."""
     if spec.restart_epochs <= 0 or spec.restart_mult < 1.0:
         raise ValueError(f"sgdr needs --restart_epochs > 0 and --restart_mult >= 1, got {spec.restart_epochs} "
                          f"and {spec.restart_mult}")
@@ -134,7 +142,7 @@ def _sgdr(spec: ScheduleSpec) -> Factor:
 
     def after_warmup(step: int) -> float:
         index, position, length = sgdr_cycle(step, first, spec.restart_mult)
-        return spec.restart_decay ** index * _half_cosine(position / length)
+        return _cosine_down(position / length, spec.restart_decay ** index, spec.min_factor)
     return _with_warmup(spec, after_warmup)
 
 
@@ -154,19 +162,24 @@ def _onecycle(spec: ScheduleSpec) -> Factor:
 
 @register_schedule("multistep")
 def _multistep(spec: ScheduleSpec) -> Factor:
-    """Linear warmup, then the factor is multiplied by --gamma at the start of each --milestones epoch."""
+    """Linear warmup, then the factor is multiplied by --gamma at the start of each --milestones epoch; with
+    --lr_steps (the seeds' non-uniform list, e.g. 5e-4 1e-4 1e-5 1e-6) each stage has its own lr instead."""
     milestones = list(spec.milestones)
     if not milestones:
         raise ValueError("--lr_schedule multistep needs --milestones E1 E2 ... (epochs where lr drops by --gamma)")
+    stages = spec.stage_factors
+    if stages and len(stages) != len(milestones) + 1:
+        raise ValueError(f"--lr_steps gives {len(stages)} learning rates for {len(milestones) + 1} stages "
+                         f"(--milestones {' '.join(map(str, milestones))}); give one more lr than milestones")
     if milestones != sorted(set(milestones)) or milestones[0] < spec.warmup or milestones[-1] >= spec.epochs:
         raise ValueError(f"--milestones {milestones} must be increasing epochs in [--warmup {spec.warmup}, "
                          f"--epochs {spec.epochs})")
 
     def factor(step: int) -> float:
-        if step < spec.warmup_steps:
-            return linear_warmup(step, spec.warmup_steps)
-        epoch = step // spec.steps_per_epoch
-        return spec.gamma ** sum(epoch >= m for m in milestones)
+        if step < spec.warmup_steps:  # towards the first stage's lr
+            return linear_warmup(step, spec.warmup_steps) * (stages[0] if stages else 1.0)
+        stage = sum(step // spec.steps_per_epoch >= m for m in milestones)
+        return stages[stage] if stages else spec.gamma ** stage
     return factor
 
 
@@ -279,12 +292,22 @@ def clip_warmup(warmup: int, epochs: int) -> int:
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, *, epochs: int, warmup: int, steps_per_epoch: int,
                     restart_epochs: int = 10, restart_mult: float = 2.0, restart_decay: float = 1.0,
                     milestones: tuple[int, ...] | list[int] = (), gamma: float = 0.1,
-                    plateau_patience: int = 2) -> Scheduler:
+                    plateau_patience: int = 2, min_lr: float = 0.0,
+                    lr_steps: tuple[float, ...] | list[float] = ()) -> Scheduler:
     """The named schedule over ``optimizer``; call ``step()`` after every optimizer step and
-    ``end_epoch(val_loss)`` after each validation."""
+    ``end_epoch(val_loss)`` after each validation.
+
+    ``min_lr`` and ``lr_steps`` are learning rates of the group with the largest lr (the head when
+    --backbone_lr_scale lowers the backbone's); every other group gets the same fraction of its own lr."""
     make_factor = SCHEDULES.get(name)
     warmup = clip_warmup(warmup, epochs)
+    top = max(group["lr"] for group in optimizer.param_groups)
+    if not 0.0 <= min_lr < top:
+        raise ValueError(f"--min_lr {min_lr:g} must lie in [0, the lr {top:g})")
+    if any(lr <= 0 for lr in lr_steps):
+        raise ValueError(f"--lr_steps must all be > 0, got {' '.join(map(str, lr_steps))}")
     spec = ScheduleSpec(epochs=epochs, warmup=warmup, steps_per_epoch=max(1, steps_per_epoch),
                         restart_epochs=restart_epochs, restart_mult=restart_mult, restart_decay=restart_decay,
-                        milestones=tuple(milestones), gamma=gamma, plateau_patience=plateau_patience)
+                        milestones=tuple(milestones), gamma=gamma, plateau_patience=plateau_patience,
+                        min_factor=min_lr / top, stage_factors=tuple(lr / top for lr in lr_steps))
     return Scheduler(optimizer, make_factor(spec))

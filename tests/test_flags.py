@@ -77,6 +77,9 @@ FLAG_SETS = {
     "novograd_freeze_backbone_lr": (["--optimizer", "novograd", "--freeze", "1", "--backbone_lr_scale", "0.1"],
                                     {"freeze": 1, "backbone_lr_scale": 0.1}),
     "adabound": (["--optimizer", "adabound"], {"optimizer": "adabound"}),
+    "cosine_min_lr": (["--lr_schedule", "cosine", "--min_lr", "1e-5"], {"min_lr": 1e-5}),
+    "multistep_lr_steps": (["--lr_schedule", "multistep", "--milestones", "1", "--lr_steps", "1e-3", "1e-4"],
+                           {"lr_steps": [1e-3, 1e-4]}),
 }
 
 

@@ -302,3 +302,31 @@ def test_onecycle_without_warmup_rises_over_30_percent():
     assert trace[15] == pytest.approx(0.04 + 0.96 * 0.5)
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)  # after the last step
+
+
+def test_min_lr_is_where_cosine_and_every_sgdr_cycle_end():
+    trace = lr_trace("cosine", min_lr=0.01)
+    assert trace[8] == pytest.approx(1.0) and trace[24] == pytest.approx(0.01 + 0.99 * 0.5)
+    assert min(trace[8:]) > 0.01 and trace[39] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 31 / 32)))
+    sgdr = lr_trace("sgdr", restart_epochs=2, restart_mult=2.0, restart_decay=0.5, min_lr=0.01)
+    assert sgdr[12] == pytest.approx(0.01 + 0.99 * 0.5) and sgdr[16] == pytest.approx(0.5)
+    assert sgdr[24] == pytest.approx(0.01 + 0.49 * 0.5)  # the middle of the second cycle: floor + half its range
+    assert lr_trace("cosine") != trace  # without --min_lr it still ends near 0
+    opt, sched = make("cosine", lrs=(1.0, 0.1), min_lr=0.01)  # the backbone's floor is the same fraction of its lr
+    for _ in range(39):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.1 * opt.param_groups[0]["lr"])
+    with pytest.raises(ValueError, match="--min_lr 2 must lie in"):
+        make("cosine", min_lr=2.0)
+
+
+def test_lr_steps_give_each_multistep_stage_its_own_lr():
+    trace = lr_trace("multistep", milestones=[4, 7, 9], lr_steps=[0.5, 0.1, 0.01, 0.001])
+    assert [trace[e * RUN["steps"]] for e in (2, 3, 4, 6, 7, 8, 9)] == pytest.approx(
+        [0.5, 0.5, 0.1, 0.1, 0.01, 0.01, 0.001])
+    assert trace[0] == pytest.approx(0.05) and trace[4] == pytest.approx(0.275)  # the warmup ramps towards 0.5
+    with pytest.raises(ValueError, match="give one more lr than milestones"):
+        make("multistep", milestones=[4, 7], lr_steps=[0.5, 0.1, 0.01, 0.001])
+    with pytest.raises(ValueError, match="must all be > 0"):
+        make("multistep", milestones=[4], lr_steps=[0.5, 0.0])

@@ -231,6 +231,22 @@ def _ratio(text: str) -> float:
     return value
 
 
+# The seeds' spellings, accepted and stored as the names this project uses (README: "Seed spellings").
+SEED_SPELLINGS = {
+    "model": {"mobilenetv3_small": "mobilenet_v3_small", "mobilenetv3_large": "mobilenet_v3_large",
+              "efficientnet-b0": "efficientnet_b0", "efficientnet-b4": "efficientnet_b4"},
+    "criterion": {"sigmoid": "bce"},
+}
+
+
+def _spelling(flag: str):
+    """An argparse type that turns the seeds' spelling of a --model or --criterion name into ours."""
+    def convert(text: str) -> str:
+        return SEED_SPELLINGS[flag].get(text, text)
+    convert.__name__ = flag
+    return convert
+
+
 def _data_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=d.data, help="data root with train/ [val/] [test/] folders or <split>.csv")
@@ -254,8 +270,10 @@ def _data_flags(p: argparse.ArgumentParser, d: Config) -> None:
 
 def _model_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", "--arch", dest="model", default=d.model,
-                   help="our own, any torchvision or timm classification model name")
+    g.add_argument("--model", "--arch", dest="model", default=d.model, type=_spelling("model"),
+                   help="our own, any torchvision or timm classification model name (the main seed's "
+                        "mobilenetv3_small/large and efficientnet-b0/b4 mean torchvision's mobilenet_v3_small/large "
+                        "and efficientnet_b0/b4)")
     g.add_argument("--pretrained", default=d.pretrained, help="local weights file (state dict or our checkpoint)")
     g.add_argument("--prior_bias", type=float, default=d.prior_bias,
                    help="sample-free init: set the final bias so each class starts at this probability")
@@ -276,8 +294,9 @@ def _model_flags(p: argparse.ArgumentParser, d: Config) -> None:
 
 def _optimisation_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g = p.add_argument_group("optimisation")
-    g.add_argument("--criterion", default=d.criterion,
-                   help="loss: softmax, bce (sigmoid one-vs-all), focal, arcface or amsoftmax (README: Losses); "
+    g.add_argument("--criterion", default=d.criterion, type=_spelling("criterion"),
+                   help="loss: softmax, bce (sigmoid one-vs-all; the seed's name 'sigmoid' means bce), focal, "
+                        "arcface or amsoftmax (README: Losses); "
                         "every loss also takes mixup/cutmix soft targets")
     g.add_argument("--label_smoothing", type=float, default=d.label_smoothing,
                    help="targets become y (1 - eps) + eps / C, for every loss")

@@ -77,6 +77,7 @@ FLAG_SETS = {
     "novograd_freeze_backbone_lr": (["--optimizer", "novograd", "--freeze", "1", "--backbone_lr_scale", "0.1"],
                                     {"freeze": 1, "backbone_lr_scale": 0.1}),
     "adabound": (["--optimizer", "adabound"], {"optimizer": "adabound"}),
+    "seed_spelling_sigmoid": (["--criterion", "sigmoid"], {"criterion": "bce"}),  # the main seed's name for bce
     "cosine_min_lr": (["--lr_schedule", "cosine", "--min_lr", "1e-5"], {"min_lr": 1e-5}),
     "multistep_lr_steps": (["--lr_schedule", "multistep", "--milestones", "1", "--lr_steps", "1e-3", "1e-4"],
                            {"lr_steps": [1e-3, 1e-4]}),
@@ -227,3 +228,18 @@ def test_every_application_of_main_resolves_and_two_at_once_are_refused():
         assert callable(application.check) and callable(application.run), module
     with pytest.raises(ValueError, match="choose one job; got --jit, --onnx"):
         entry.run_command(["--jit", "--onnx", "--resume", "x.pth"])
+
+
+@pytest.mark.parametrize("typed,model", [("mobilenetv3_small", "mobilenet_v3_small"),
+                                         ("mobilenetv3_large", "mobilenet_v3_large"),
+                                         ("efficientnet-b0", "efficientnet_b0"), ("efficientnet-b4", "efficientnet_b4"),
+                                         ("resnet18", "resnet18"), ("timm/mobilenetv3_small_100",
+                                                                    "timm/mobilenetv3_small_100")])
+def test_the_main_seeds_model_spellings_resolve(typed, model):
+    from config import parse_config
+    from models import model_source
+
+    for flag in ("--model", "--arch"):
+        cfg, explicit = parse_config([flag, typed])
+        assert cfg.model == model and "model" in explicit
+    assert model_source(cfg.model) in ("torchvision", "timm")

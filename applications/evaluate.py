@@ -31,8 +31,13 @@ def run(cfg: Config, explicit: set[str]) -> dict:
             suffix = f"_tta_{'_'.join(tta.groups)}" if tta else ""
             out_dir = Path(cfg.output) if cfg.output else Path(cfg.resume).parent / f"eval_{cfg.split}{suffix}"
             paths = write_report(report, job.ckpt.class_names, out_dir)
-            log.info("%s split of %s%s: %d images, top-1 %.2f%%, top-5 %.2f%%, macro F1 %.4f", cfg.split, cfg.data,
-                     f" with TTA {tta.describe()}" if tta else "", report["samples"], report["top1"], report["top5"],
-                     report["macro_f1"])
+            log.info("%s split of %s%s: %d images, top-1 %.2f%%, top-5 %.2f%%, macro F1 %.4f, macro AUROC %s, "
+                     "macro AP %s, ECE %.2f%%", cfg.split, cfg.data, f" with TTA {tta.describe()}" if tta else "",
+                     report["samples"], report["top1"], report["top5"], report["macro_f1"],
+                     _four(report["macro_auroc"]), _four(report["macro_ap"]), 100 * report["ece"])
             log.info("report written to %s", ", ".join(str(p) for p in paths))
         return report
+
+
+def _four(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

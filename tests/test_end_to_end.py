@@ -119,6 +119,9 @@ def test_evaluation_writes_report_files(resumed_runs):
     assert data["samples"] == 101 and 0 <= data["top1"] <= 100 and data["top5"] >= data["top1"]
     assert len(data["confusion_matrix"]) == 10 and set(data["per_class"]) == {str(i) for i in range(10)}
     assert (out / "confusion_matrix.png").stat().st_size > 1000
+    assert (out / "reliability_diagram.png").stat().st_size > 1000
+    assert 0.5 <= data["macro_auroc"] <= 1 and 0 <= data["ece"] <= 1 and len(data["reliability"]) == 15
+    assert all(0 <= c["auroc"] <= 1 and 0 <= c["ap"] <= 1 for c in data["per_class"].values())
     assert report == data
 
 

@@ -121,6 +121,26 @@ def test_topk_and_report(tmp_path):
     assert (tmp_path / "confusion_matrix.csv").read_text().splitlines()[2] == "b,1,0,1"
 
 
+def test_auroc_average_precision_and_calibration_by_hand(tmp_path):
+    """AUROC and AP one-vs-rest against scikit-learn and hand-worked values; ECE against a hand count; a class
+    with no sample here has None and is left out of the macro means; the reliability diagram is written."""
+    probs = np.array([[0.9, 0.1, 0.0], [0.6, 0.4, 0.0], [0.3, 0.7, 0.0], [0.45, 0.55, 0.0]])
+    targets = np.array([0, 1, 1, 0])
+    report = classification_report(probs, targets, ["a", "b", "c"])
+    # class a: positives score 0.9, 0.45; negatives 0.6, 0.3 -> 3 of 4 pairs ranked right
+    assert report["per_class"]["a"]["auroc"] == 0.75 and report["per_class"]["b"]["auroc"] == 0.75
+    assert report["per_class"]["c"]["auroc"] is None and report["per_class"]["c"]["ap"] is None
+    assert report["macro_auroc"] == 0.75
+    # class a ranked 0.9 (+), 0.6 (-), 0.45 (+), 0.3 (-): AP = (1/1 + 2/3) / 2
+    assert report["per_class"]["a"]["ap"] == pytest.approx((1 + 2 / 3) / 2)
+    # top-1 confidences 0.9 (right), 0.6 (wrong), 0.7 (right), 0.55 (wrong), one per 1/15-wide bin
+    assert report["ece"] == pytest.approx((0.1 + 0.6 + 0.3 + 0.55) / 4)
+    assert sum(b["count"] for b in report["reliability"]) == 4 and len(report["reliability"]) == 15
+    assert classification_report(np.eye(3)[[0, 1, 2]], np.arange(3), ["a", "b", "c"])["ece"] == 0.0
+    paths = write_report(report, ["a", "b", "c"], tmp_path)
+    assert (tmp_path / "reliability_diagram.png") in paths and (tmp_path / "reliability_diagram.png").stat().st_size
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_tied_scores_rank_by_lowest_class_index_everywhere(dtype):
     # ten equal scores per row (a bf16 tie): torch.topk's first column is not the argmax here, which made the

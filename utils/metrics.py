@@ -32,8 +32,12 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...
     return {k: int(hits[:, : min(k, maxk)].any(dim=1).sum()) for k in ks}
 
 
+ECE_BINS = 15  # equal-width confidence bins, as Guo et al. 2017 (On Calibration of Modern Neural Networks)
+
+
 def classification_report(probs: np.ndarray, targets: np.ndarray, class_names: list[str]) -> dict:
-    """Top-1/top-5, per-class precision/recall/F1/support and the confusion matrix (scikit-learn)."""
+    """Top-1/top-5, per-class precision/recall/F1/support, AUROC and average precision (one-vs-rest), expected
+    calibration error with its reliability bins, and the confusion matrix (scikit-learn)."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     labels = list(range(len(class_names)))
@@ -43,22 +47,75 @@ def classification_report(probs: np.ndarray, targets: np.ndarray, class_names: l
     precision, recall, f1, support = precision_recall_fscore_support(
         targets, preds, labels=labels, zero_division=0)
     n = len(targets)
+    auroc, ap = one_vs_rest_scores(probs, targets)
+    ece, bins = calibration(probs, targets)
     return {
         "samples": n,
         "top1": 100.0 * correct[1] / n,
         "top5": 100.0 * correct[5] / n,
         "macro_f1": float(np.mean(f1)),
-        "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for name, p, r, f, s in zip(class_names, precision, recall, f1, support)},
+        "macro_auroc": _mean_defined(auroc),
+        "macro_ap": _mean_defined(ap),
+        "ece": ece,
+        "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s),
+                             "auroc": a, "ap": v}
+                      for name, p, r, f, s, a, v in zip(class_names, precision, recall, f1, support, auroc, ap)},
+        "reliability": bins,
         "confusion_matrix": confusion_matrix(targets, preds, labels=labels).tolist(),
     }
 
 
+def one_vs_rest_scores(probs: np.ndarray, targets: np.ndarray) -> tuple[list, list]:
+    """Per class: AUROC and average precision of its probability against "this class or not". None for a class
+    with no positive or no negative sample here (both are undefined there); the macro means skip those."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    auroc, ap = [], []
+    for c in range(probs.shape[1]):
+        positive = targets == c
+        if positive.all() or not positive.any():
+            auroc.append(None)
+            ap.append(None)
+            continue
+        auroc.append(float(roc_auc_score(positive, probs[:, c])))
+        ap.append(float(average_precision_score(positive, probs[:, c])))
+    return auroc, ap
+
+
+def calibration(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) -> tuple[float, list[dict]]:
+    """Expected calibration error of the top-1 confidence (sum over bins of |accuracy - confidence| weighted by
+    the bin's share of samples) and the bins themselves, for the reliability diagram."""
+    confidence = probs.max(axis=1)
+    hit = (predicted_labels(torch.from_numpy(probs)).numpy() == targets).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        members = index == b
+        count = int(members.sum())
+        accuracy = float(hit[members].mean()) if count else None
+        mean_confidence = float(confidence[members].mean()) if count else None
+        if count:
+            ece += count / len(targets) * abs(accuracy - mean_confidence)
+        rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count, "accuracy": accuracy,
+                     "confidence": mean_confidence})
+    return float(ece), rows
+
+
+def _mean_defined(values: list) -> float | None:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
 def write_report(report: dict, class_names: list[str], out_dir: str | Path) -> list[Path]:
-    """Write report.json, confusion_matrix.csv and confusion_matrix.png; return the paths."""
+    """Write report.json, confusion_matrix.csv, confusion_matrix.png and reliability_diagram.png (when the
+    report has its bins); return the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "report.json", out / "confusion_matrix.csv", out / "confusion_matrix.png"]
+    if report.get("reliability"):
+        paths.append(out / "reliability_diagram.png")
+        _plot_reliability(report["reliability"], report["ece"], paths[3])
     paths[0].write_text(json.dumps(report, indent=2))
     matrix = np.asarray(report["confusion_matrix"])
     with open(paths[1], "w") as handle:
@@ -88,6 +145,31 @@ def _plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> N
             for j in ticks:
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if matrix[i, j] > threshold else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_reliability(bins: list[dict], ece: float, path: Path) -> None:
+    """Accuracy per confidence bin against the diagonal of perfect calibration, with each bin's sample count."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    filled = [b for b in bins if b["count"]]
+    width = bins[0]["high"] - bins[0]["low"]
+    ax.bar([b["low"] for b in filled], [b["accuracy"] for b in filled], width=width, align="edge",
+           edgecolor="black", color="tab:blue", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    for b in filled:
+        ax.text(b["low"] + width / 2, 0.02, str(b["count"]), ha="center", va="bottom", fontsize=6, rotation=90)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability, ECE {100 * ece:.2f}%")
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -101,6 +101,7 @@ class Config:
     l1: float = 0.0
     l2: float = 0.0
     patience: int | None = None
+    monitor: str = "top1"
     compile: bool = False
     # bookkeeping
     checkpoint_dir: str = "checkpoints"
@@ -421,7 +422,10 @@ def _tricks_flags(p: argparse.ArgumentParser, d: Config) -> None:
                    help="L2 penalty on weights (not norms/biases) added to the loss (unlike --weight_decay, "
                         "it goes through the optimizer's adaptive scaling)")
     g.add_argument("--patience", type=_positive_int, default=d.patience,
-                   help="early stopping: stop when val top-1 has not improved for this many epochs")
+                   help="early stopping: stop when the --monitor metric has not improved for this many epochs")
+    g.add_argument("--monitor", choices=("top1", "macro_f1", "auroc", "loss"), default=d.monitor,
+                   help="the val metric that chooses best.pth (and early stopping): top-1 (default), macro F1, "
+                        "macro AUROC (one-vs-rest) or the lowest loss; pick the competition's metric")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model (falls back to eager with a warning where unsupported)")
 

@@ -21,7 +21,7 @@ from criterions import resolve_head
 from dataloader import DataSplits, Preprocessing, encode_splits, hard_labels
 from engine.components import (batch_augment_of, criterion_from_config, datasets_of, loader_for, new_model,
                                optimizer_from_config, preprocessing_of, scheduler_from_config)
-from engine.device import autocast, to_model_input
+from engine.device import autocast, scores_to_probs, to_model_input
 from engine.inference import predict_logits
 from engine.job import Job, default_run_name, open_job, run_dir, seed_everything
 from engine.objective import TrainingLoss, training_loss_from_config
@@ -37,7 +37,7 @@ from utils.distributed import (DistInfo, average_buffers, broadcast_buffers, bro
 from utils.errors import Preempted, UsageError
 from utils.hardware import choose_amp, choose_channels_last, describe_hardware
 from utils.logger import RunRecorder, get_logger
-from utils.metrics import topk_correct
+from utils.metrics import classification_report, topk_correct
 from utils.sync_batchnorm import convert_sync_batchnorm
 
 
@@ -79,6 +79,7 @@ class TrainingRun:
     start_epoch: int = 0
     best_top1: float = -1.0
     best_epoch: int = -1
+    best_score: float = -math.inf  # the --monitor metric of the best epoch, higher is better (see monitored)
     start_batch: int = 0  # resumed mid-epoch: batches of start_epoch already done, and their sums
     partial: dict | None = None
     metrics: dict | None = None  # the last finished epoch's
@@ -205,6 +206,10 @@ def restore_training_state(run: TrainingRun, ckpt: Checkpoint) -> None:
         if averaged is not None and state is not None:
             averaged.load_state_dict(state)
     run.start_epoch, run.best_top1, run.best_epoch = ckpt.epoch + 1, ckpt.best_top1, ckpt.best_epoch
+    if ckpt.best_score is not None:
+        run.best_score = ckpt.best_score
+    elif ckpt.best_epoch >= 0 and run.cfg.monitor == "top1":  # written before --monitor: top-1 was the rule
+        run.best_score = ckpt.best_top1
     run.start_batch, run.partial, run.metrics = ckpt.batches_done, ckpt.partial, ckpt.metrics
     per_rank = ckpt.rng_per_rank
     restore_rng_state(per_rank[run.info.rank] if per_rank and len(per_rank) == run.info.world_size else ckpt.rng)
@@ -226,13 +231,12 @@ def fit(run: TrainingRun, log) -> dict:
             if control.stop_requested():
                 raise Preempted(f"stopped by {control.signal_name} after epoch {epoch + 1}; last.pth holds it")
             if cfg.patience is not None and epoch - run.best_epoch >= cfg.patience:
-                log.info("early stopping: val top-1 has not improved for %d epochs (best %.2f at epoch %d)",
-                         cfg.patience, run.best_top1, run.best_epoch + 1)
+                log.info("early stopping: val %s has not improved for %d epochs (best %s at epoch %d)", cfg.monitor,
+                         cfg.patience, describe_score(run.best_score, cfg.monitor), run.best_epoch + 1)
                 break
         else:
             if run.swa is not None and run.last_epoch == cfg.epochs and run.start_epoch < cfg.epochs:
                 metrics = {**metrics, **finish_swa(run, log)}
-                run.best_top1 = max(run.best_top1, metrics.get("swa_val_top1", run.best_top1))
     except Preempted as stop:
         log.warning("%s; continue with --resume auto --name %s (or --resume %s); exit code %d", stop.message,
                     cfg.name, run.out_dir / "last.pth", stop.code)
@@ -240,8 +244,10 @@ def fit(run: TrainingRun, log) -> dict:
     finally:
         control.uninstall()
         recorder.close()
+    best = (f"best val {cfg.monitor} {describe_score(run.best_score, cfg.monitor)} (top-1 {run.best_top1:.2f}) at "
+            f"epoch {run.best_epoch + 1}")
     log.info("%s; checkpoints in %s (best.pth, last.pth), summary %s, TensorBoard %s/%s",
-             f"best val top-1 {run.best_top1:.2f}" if run.val_loader is not None else "no validation", run.out_dir,
+             best if run.val_loader is not None else "no validation", run.out_dir,
              run.out_dir / "summary.csv", cfg.log_dir, cfg.name)
     return metrics
 
@@ -268,13 +274,13 @@ def run_epoch(run: TrainingRun, epoch: int, control: StepControl | None = None) 
     broadcast_buffers(run.model)
     if run.swa is not None and epoch >= run.swa_start:
         run.swa.update_parameters(run.model)
-    val_stats, top1, source, best_weights = best_candidate(run.model, run.ema, run.val_loader, run.criterion, cfg,
-                                                           run.preprocessing, info)
+    val_stats, (score, top1), source, best_weights = best_candidate(run.model, run.ema, run.val_loader,
+                                                                    run.criterion, cfg, run.preprocessing, info)
     if val_stats:
         run.scheduler.end_epoch(val_stats["val_loss"])
-    improved = run.val_loader is None or top1 > run.best_top1  # without val, best.pth follows the latest weights
+    improved = run.val_loader is None or score > run.best_score  # without val, best.pth follows the latest weights
     if improved:
-        run.best_top1, run.best_epoch = top1, epoch
+        run.best_score, run.best_top1, run.best_epoch = score, top1, epoch
     run.metrics = {"epoch": epoch, **train_stats, **val_stats, "lr": lr, "seconds": round(time.time() - started, 2)}
     rngs = gather_objects(capture_rng_state())
     if info.is_main:
@@ -286,7 +292,8 @@ def training_state(run: TrainingRun, epoch: int, rngs: list) -> Checkpoint:
     """Everything a resumed run needs, as it stands now; ``epoch`` is the last finished one."""
     return Checkpoint(config=run.cfg.to_dict(), class_names=run.class_names,
                       preprocessing=run.preprocessing.to_dict(), model=run.model.state_dict(), epoch=epoch,
-                      best_top1=run.best_top1, best_epoch=run.best_epoch, metrics=run.metrics or {},
+                      best_top1=run.best_top1, best_epoch=run.best_epoch,
+                      best_score=run.best_score if math.isfinite(run.best_score) else None, metrics=run.metrics or {},
                       optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
                       scaler=run.scaler.state_dict(), criterion=run.criterion.state_dict(),
                       ema=run.ema.state_dict() if run.ema is not None else None,
@@ -326,20 +333,31 @@ def record_epoch(recorder: RunRecorder, metrics: dict, cfg: Config, log) -> None
 
 
 def best_candidate(model: torch.nn.Module, ema, val_loader, criterion: torch.nn.Module, cfg: Config,
-                   preprocessing: Preprocessing, info: DistInfo) -> tuple[dict, float, str, torch.nn.Module]:
-    """Validate the model and its EMA (when kept). Returns the val metrics and the better of the two as this
-    epoch's best.pth candidate: (metrics, top-1, "model" or "ema", module). Without a val split there is nothing to
-    select on: no metrics, top-1 -1, and the latest weights (the EMA when kept)."""
+                   preprocessing: Preprocessing, info: DistInfo) -> tuple[dict, tuple, str, torch.nn.Module]:
+    """Validate the model and its EMA (when kept). Returns the val metrics and the better of the two by --monitor
+    as this epoch's best.pth candidate: (metrics, (score, top-1), "model" or "ema", module). Without a val split
+    there is nothing to select on: no metrics, (-inf, -1), and the latest weights (the EMA when kept)."""
     if val_loader is None:
-        return {}, -1.0, *(("ema", ema.module) if ema is not None else ("model", model))
+        return {}, (-math.inf, -1.0), *(("ema", ema.module) if ema is not None else ("model", model))
     val_stats = validate(model, val_loader, criterion, cfg, preprocessing, info)
-    candidates = {"model": (val_stats["val_top1"], model)}
+    candidates = {"model": ((monitored(val_stats, cfg.monitor), val_stats["val_top1"]), model)}
     if ema is not None:
         ema_stats = validate(ema.module, val_loader, criterion, cfg, preprocessing, info)
         val_stats.update({f"ema_{k}": v for k, v in ema_stats.items()})
-        candidates["ema"] = (ema_stats["val_top1"], ema.module)
-    source, (top1, weights) = max(candidates.items(), key=lambda item: item[1][0])
-    return val_stats, top1, source, weights
+        candidates["ema"] = ((monitored(ema_stats, cfg.monitor), ema_stats["val_top1"]), ema.module)
+    source, (scores, weights) = max(candidates.items(), key=lambda item: item[1][0][0])
+    return val_stats, scores, source, weights
+
+
+def monitored(stats: dict, monitor: str) -> float:
+    """The --monitor metric of validation ``stats`` as a score where higher is better (the loss negated)."""
+    return -stats["val_loss"] if monitor == "loss" else stats[f"val_{monitor}"]
+
+
+def describe_score(score: float, monitor: str) -> str:
+    if not math.isfinite(score):
+        return "none yet"
+    return f"loss {-score:.4f}" if monitor == "loss" else f"{score:.4f}" if monitor != "top1" else f"{score:.2f}"
 
 
 def check_training_without_val(cfg: Config) -> None:
@@ -551,8 +569,11 @@ def finish_swa(run: TrainingRun, log) -> dict:
         state = last.replace(model=swa_model.state_dict(), train_model=last.model, weights="swa",
                              metrics={**last.metrics, **{f"swa_{k}": v for k, v in stats.items()}})
         save_checkpoint(state, run.out_dir / "swa.pth")
-        if run.val_loader is None or stats["val_top1"] > run.best_top1:  # without val the SWA weights are the result
-            save_checkpoint(state.replace(best_top1=stats.get("val_top1", run.best_top1)), run.out_dir / "best.pth")
+        better = run.val_loader is None or monitored(stats, cfg.monitor) > run.best_score
+        if better:  # without val the SWA weights are the result
+            run.best_score = monitored(stats, cfg.monitor) if stats else run.best_score
+            run.best_top1 = stats.get("val_top1", run.best_top1)
+            save_checkpoint(state.replace(best_top1=run.best_top1, best_score=run.best_score), run.out_dir / "best.pth")
             log.info("best.pth now holds the SWA weights")
     return {f"swa_{k}": v for k, v in stats.items()}
 
@@ -569,5 +590,10 @@ def validate(model, loader, criterion, cfg: Config, preprocessing, info: DistInf
     _, logits, targets = predict_logits(model, loader, cfg, preprocessing, info.device)
     correct = topk_correct(logits, targets)
     n = targets.shape[0]
-    return {"val_loss": float(criterion(logits, targets)), "val_top1": 100.0 * correct[1] / n,
-            "val_top5": 100.0 * correct[5] / n}
+    stats = {"val_loss": float(criterion(logits, targets)), "val_top1": 100.0 * correct[1] / n,
+             "val_top5": 100.0 * correct[5] / n}
+    if cfg.monitor in ("macro_f1", "auroc"):  # what --monitor chooses by; the same numbers as --evaluation's report
+        report = classification_report(scores_to_probs(logits.float(), cfg.criterion).numpy(), targets.numpy(),
+                                       [str(c) for c in range(logits.shape[1])])
+        stats[f"val_{cfg.monitor}"] = report["macro_f1" if cfg.monitor == "macro_f1" else "macro_auroc"]
+    return stats

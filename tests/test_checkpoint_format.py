@@ -49,6 +49,10 @@ def test_legacy_checkpoint_resumes(tiny_digits, tmp_path):
                        "--device", "cpu"])
     last = load_checkpoint(tmp_path / "ck/more/last.pth")
     assert last.epoch == 15 and last.config["epochs"] == 16
+    # written before --monitor: its best top-1 is the score to beat (not -inf), so best.pth moves only on a gain
+    legacy = load_checkpoint(LEGACY)
+    assert last.best_score >= legacy.best_top1 and last.config["monitor"] == "top1"
+    assert (last.best_epoch == legacy.best_epoch) == (last.best_score == legacy.best_top1)
 
 
 def test_saved_checkpoint_is_a_plain_dict_under_weights_only(tmp_path):

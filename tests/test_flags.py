@@ -123,6 +123,7 @@ def test_every_flag_is_exercised_somewhere():
                          "config", "print_config", "debug",
                          # tests/test_preemption.py (mid-epoch checkpoints, signals, elastic restarts)
                          "save_every_minutes", "save_every_steps",
+                         "monitor",  # tests/test_monitor.py (best.pth by loss, macro F1, AUROC, top-1; resume)
                          # tests/test_serve.py (a server process: batching, protocol, errors, SIGTERM)
                          "serve", "host", "port", "max_batch_size", "max_wait_ms", "max_queue", "max_body_mb", "topk",
                          "threads"}

@@ -131,8 +131,9 @@ class Checkpoint:
     train_model: dict | None = None
     weights: str = "model"
     epoch: int = -1  # 0-based epoch the state was saved after
-    best_top1: float = -1.0
+    best_top1: float = -1.0  # val top-1 of the best epoch
     best_epoch: int = -1
+    best_score: float | None = None  # the --monitor metric there, higher is better (-loss); None: before --monitor
     metrics: dict = field(default_factory=dict)
     optimizer: dict | None = None
     scheduler: dict | None = None

@@ -5,6 +5,7 @@
     python demos/classifier.py MODEL path/to/image.png --benchmark 500 --threads 2   # batch-1 latency and FPS
     python demos/classifier.py MODEL path/to/folder --unreadable unreadable.txt   # also list bad images in a file
     python demos/classifier.py checkpoints/RUN/deploy.json path/to/image.png   # the runtime benchmarks/deploy.py chose
+    cd demos; python classifier.py      # the main seed's usage: the newest export under checkpoints/ on demos/images/
 
 MODEL is a TorchScript file (`main.py --jit`), an ONNX file (`main.py --onnx`, run with ONNX Runtime), an AOTInductor
 package (`main.py --export pt2`), an OpenVINO IR .xml (`main.py --export openvino`), or a deploy.json written by
@@ -45,6 +46,19 @@ from serving.runtime import (  # noqa: E402  (serving.runtime imports no trainin
 
 
 Unreadable = tuple[Path, str]  # an image that could not be read, and why
+REPO = Path(__file__).resolve().parents[1]
+DEMO_IMAGES = Path(__file__).resolve().parent / "images"  # a few digits from the quickstart's test split
+EXPORT_PATTERNS = ("*.torchscript.pt", "*.onnx", "*.pt2", "*.openvino.xml", "deploy.json")
+
+
+def newest_export(root: Path) -> Path:
+    """The most recently written exported model (or deploy.json) under ``root``, for a run without MODEL."""
+    found = [p for pattern in EXPORT_PATTERNS for p in root.rglob(pattern) if p.is_file()] if root.is_dir() else []
+    if not found:
+        raise DemoError(f"no MODEL given and no exported model under {root}; export one with `python main.py --jit "
+                        f"--resume checkpoints/RUN/best.pth` (bash z_task_shell/quickstart.sh trains and exports one), "
+                        f"or name a model: classifier.py MODEL IMAGES", USAGE_ERROR)
+    return max(found, key=lambda p: (p.stat().st_mtime, str(p)))
 
 
 def list_images(target: str | Path) -> list[Path]:
@@ -149,10 +163,12 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _ArgumentParser(description="Classify images with a model exported by main.py --jit, --onnx or --export")
-    parser.add_argument("model", metavar="MODEL_OR_DEPLOY_JSON",
+    parser.add_argument("model", metavar="MODEL_OR_DEPLOY_JSON", nargs="?",
                         help="TorchScript (.pt), ONNX (.onnx), AOTInductor (.pt2) or OpenVINO (.xml) file written by "
-                             "main.py --jit / --onnx / --export, or a deploy.json written by benchmarks/deploy.py")
-    parser.add_argument("images", help="an image file or a folder (searched recursively)")
+                             "main.py --jit / --onnx / --export, or a deploy.json written by benchmarks/deploy.py "
+                             "(default: the newest one under checkpoints/)")
+    parser.add_argument("images", nargs="?", default=str(DEMO_IMAGES),
+                        help="an image file or a folder (searched recursively; default: demos/images)")
     parser.add_argument("--topk", type=positive_int, default=1, help="classes to print per image")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
     parser.add_argument("--unreadable", type=Path, default=None, metavar="FILE",
@@ -191,6 +207,9 @@ def run_benchmark(model: ExportedModel, image: Path, args: argparse.Namespace) -
 
 def run_classifier(args: argparse.Namespace) -> int:
     """Classify (or benchmark) as the flags say and print the results; the exit status."""
+    if args.model is None:
+        args.model = str(newest_export(REPO / "checkpoints"))
+        print(f"no MODEL given: using the newest export under {REPO / 'checkpoints'}: {args.model}", file=sys.stderr)
     model = load_exported(args.model, args.threads)
     images = list_images(args.images)
     if args.benchmark is not None:

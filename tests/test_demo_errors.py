@@ -180,3 +180,32 @@ def test_benchmark_on_an_unreadable_image_is_a_data_error(classifier, exports, t
     assert info.value.code == 1 and captured.out == ""
     assert error_lines(captured.err) == [f"error: {image}: empty file (0 bytes)"]
     assert list_file.read_text() == f"{image}\tempty file (0 bytes)\n"
+
+
+def test_without_arguments_the_newest_export_classifies_the_sample_images(classifier, exports, tmp_path,
+                                                                          monkeypatch, capsys):
+    """`cd demos; python classifier.py` (the main seed's usage): the newest export under checkpoints/ classifies the
+    committed sample images in demos/images; with no export, one line saying how to make one."""
+    root = tmp_path / "repo"
+    (root / "checkpoints" / "old").mkdir(parents=True)
+    (root / "checkpoints" / "new").mkdir()
+    shutil.copy(exports["onnx"], root / "checkpoints" / "old" / "best.onnx")
+    shutil.copy(exports["torchscript"], root / "checkpoints" / "new" / "best.torchscript.pt")
+    os.utime(root / "checkpoints" / "old" / "best.onnx", (1, 1))  # older
+    monkeypatch.setattr(classifier, "REPO", root)
+    monkeypatch.chdir(REPO / "demos")
+    classifier.main([])
+    captured = capsys.readouterr()
+    assert f"using the newest export under {root / 'checkpoints'}: " in captured.err
+    assert str(root / "checkpoints" / "new" / "best.torchscript.pt") in captured.err
+    samples = sorted((REPO / "demos" / "images").glob("*.png"))
+    assert len(samples) >= 5 and [line.split(": ")[0] for line in captured.out.splitlines()] == list(map(str, samples))
+    _, expected, _ = eager_probs(exports["checkpoint"], samples)
+    assert [line.split(": ")[1].split(" ")[0] for line in captured.out.splitlines()] == [
+        str(int(p.argmax())) for p in expected]  # the export's top-1 on each sample is the trained network's
+    shutil.rmtree(root / "checkpoints")
+    with pytest.raises(SystemExit) as stop:
+        classifier.main([])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and err[0].startswith("error: no MODEL given and no exported model")
+    assert "python main.py --jit" in err[0]

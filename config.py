@@ -488,6 +488,9 @@ def _running_flags(g) -> None:
                    help="--evaluation / --predict: test-time augmentation, class probabilities averaged over the "
                         "views: flip (mirror, 2 views; what a bare --tta means), crop (5 crops shifted by 1/16 of "
                         "the side), scale (0.875x, 1x, 1.125x); groups multiply")
+    g.add_argument("--ensemble_weights", type=float, nargs="+", default=d.ensemble_weights, metavar="W",
+                   help="--predict / --evaluation with several --resume models: one weight per model for the "
+                        "probability average (default: equal)")
     g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
     g.add_argument("-j", "--workers", type=_non_negative_int, default=d.workers,
                    help="data loading workers per process")
@@ -542,8 +545,6 @@ def _predict_flags(g) -> None:
     g.add_argument("--predict", default=d.predict, metavar="DIR_OR_CSV",
                    help="write a submission CSV (filename,label) for the images of a folder or a CSV list, with "
                         "--resume CKPT [CKPT ...] (an ensemble), optional --tta and --probabilities")
-    g.add_argument("--ensemble_weights", type=float, nargs="+", default=d.ensemble_weights, metavar="W",
-                   help="one weight per --resume model for the probability average (default: equal)")
     g.add_argument("--probabilities", action="store_true",
                    help="add one probability column per class to the submission CSV")
 
@@ -681,7 +682,8 @@ RUNTIME_FLAGS = frozenset(dest for job in _JOBS for dest in job.dests)
 # run's name (the folder it sits in), so that --config FILE starts a new run instead of writing over that one.
 NOT_IN_CONFIG_YAML = (RUNTIME_FLAGS - {"device", "workers", "decode"}) | {"stop_epoch", "name"}
 # Options shared by some jobs but not all: each names the jobs it serves (checked by check_job_flags).
-SHARED_FLAGS = {"tta": ("evaluate", "predict"), "split": ("evaluate", "export_onnx", "export_jit"),
+SHARED_FLAGS = {"tta": ("evaluate", "predict"), "ensemble_weights": ("evaluate", "predict"),
+                "split": ("evaluate", "export_onnx", "export_jit"),
                 "save_every_minutes": (None, "repeat"), "save_every_steps": (None, "repeat")}  # None: training
 
 
@@ -781,8 +783,9 @@ def check_job_flags(cfg: Config, explicit: set[str], jobs: list[JobGroup]) -> No
     for dest, owners in SHARED_FLAGS.items():
         if dest in explicit and not names & set(owners):
             raise FlagError(f"{_flag_name(dest)} is used by {' and '.join(label[o] for o in owners)} only")
-    if isinstance(cfg.resume, list) and names != {"predict"}:
-        raise FlagError(f"--resume got {len(cfg.resume)} files; only --predict takes several (an ensemble)")
+    if isinstance(cfg.resume, list) and names not in ({"predict"}, {"evaluate"}):
+        raise FlagError(f"--resume got {len(cfg.resume)} files; only --predict and --evaluation take several "
+                        "(an ensemble)")
 
 
 def _flag_name(dest: str) -> str:

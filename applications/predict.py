@@ -24,7 +24,7 @@ from dataloader import ImageClassificationDataset
 from dataloader.datasets import UNREADABLE, list_inputs
 from dataloader.tta import build_tta
 from engine.components import loader_for
-from engine.inference import Predictor, gather_probs, load_predictor
+from engine.inference import Predictor, ensemble_weights, gather_probs, load_predictor, resume_paths
 from engine.job import open_job
 from utils.checkpoint import atomic_write
 from utils.distributed import DistInfo
@@ -36,21 +36,6 @@ MISSING = "--predict needs --resume CKPT [CKPT ...] (checkpoints or exported .pt
 def check(cfg: Config) -> None:
     ensemble_weights(cfg.ensemble_weights, len(resume_paths(cfg)) or 1)
     build_tta(cfg.tta, image_size=cfg.image_size)
-
-
-def resume_paths(cfg: Config) -> list[str]:
-    return [cfg.resume] if isinstance(cfg.resume, str) else list(cfg.resume or [])
-
-
-def ensemble_weights(weights: list[float] | None, count: int) -> list[float]:
-    """Normalised weights, one per model; equal when not given."""
-    if weights is None:
-        return [1.0 / count] * count
-    if len(weights) != count:
-        raise UsageError(f"--ensemble_weights has {len(weights)} values for {count} --resume models")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise UsageError(f"--ensemble_weights must be >= 0 with a positive sum, got {weights}")
-    return [w / sum(weights) for w in weights]
 
 
 def run(cfg: Config, explicit: set[str]) -> Path:

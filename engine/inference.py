@@ -22,6 +22,7 @@ from engine.device import autocast, scores_to_probs, to_device_uint8, to_model_i
 from engine.job import resolve_config
 from utils.checkpoint import Checkpoint
 from utils.distributed import DistInfo, gather_predictions
+from utils.errors import UsageError
 from utils.hardware import choose_amp
 from utils.metrics import classification_report
 
@@ -104,6 +105,22 @@ def evaluation_report(cfg: Config, ckpt: Checkpoint, info: DistInfo, split: str,
     report.update({"checkpoint": str(cfg.resume), "split": split, "data": cfg.data,
                    "world_size": info.world_size, "tta": tta.describe() if tta else None})
     return report
+
+
+def resume_paths(cfg: Config) -> list[str]:
+    """The --resume models: one path, or several for an ensemble."""
+    return [cfg.resume] if isinstance(cfg.resume, str) else list(cfg.resume or [])
+
+
+def ensemble_weights(weights: list[float] | None, count: int) -> list[float]:
+    """Normalised weights, one per model; equal when not given."""
+    if weights is None:
+        return [1.0 / count] * count
+    if len(weights) != count:
+        raise UsageError(f"--ensemble_weights has {len(weights)} values for {count} --resume models")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise UsageError(f"--ensemble_weights must be >= 0 with a positive sum, got {weights}")
+    return [w / sum(weights) for w in weights]
 
 
 @dataclasses.dataclass

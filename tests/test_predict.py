@@ -3,6 +3,7 @@ checkpoints and exported models, TTA, and the errors a user meets."""
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def test_torchscript_export_is_an_ensemble_member_like_its_checkpoint(checkpoint
     ("weights", "--ensemble_weights has 1 values for 2 --resume models"),
     ("missing", "listed files do not exist"),
     ("empty_dir", "no image files"),
-    ("two_for_eval", "only --predict takes several"),
+    ("two_for_export", "only --predict and --evaluation take several"),
 ])
 def test_clear_errors(checkpoints, tmp_path, case, message):
     a, b = map(str, checkpoints)
@@ -111,7 +112,7 @@ def test_clear_errors(checkpoints, tmp_path, case, message):
     argv = {"weights": ["--predict", str(tmp_path), "--resume", a, b, "--ensemble_weights", "1"],
             "missing": ["--predict", str(listing), "--resume", a],
             "empty_dir": ["--predict", str(tmp_path / "empty"), "--resume", a],
-            "two_for_eval": ["--evaluation", "--resume", a, b]}[case]
+            "two_for_export": ["--jit", "--resume", a, b]}[case]
     with pytest.raises((ValueError, FileNotFoundError, SystemExit), match=message):
         entry.run_command(argv + ["-j", "0"])
 
@@ -124,3 +125,33 @@ def test_members_with_different_classes_are_refused(checkpoints, tiny_digits, tm
     with pytest.raises(ValueError, match="ensemble members must share classes"):
         entry.run_command(["--predict", str(tiny_digits / "val"), "--resume", str(checkpoints[0]), str(other), "-j", "0",
                     "--output", str(tmp_path / "x.csv")])
+
+
+def test_evaluation_of_an_ensemble_equals_the_averaged_submission(checkpoints, tiny_digits, tmp_path):
+    """--evaluation with several --resume models (a checkpoint and another run's TorchScript export): the report is
+    that of the weighted average of the members' probabilities, each member's own top-1 is its evaluation's, and
+    two processes give the same report."""
+    exported = tmp_path / "b.pt"
+    run([sys.executable, "main.py", "--jit", "--resume", str(checkpoints[1]), "--output", str(exported)])
+    both = tmp_path / "both.csv"
+    entry.run_command(["--predict", str(tiny_digits / "val"), "--resume", str(checkpoints[0]), str(exported),
+                       "--ensemble_weights", "3", "1", "--output", str(both), "-j", "0", "--probabilities"])
+    rows = read_rows(both)
+    truth = torch.tensor([int(Path(r["filename"]).parent.name) for r in rows])
+    expected_top1 = 100.0 * float((probs_of(rows, [str(i) for i in range(10)]).argmax(1) == truth).double().mean())
+    flags = ["--evaluation", "--resume", str(checkpoints[0]), str(exported), "--ensemble_weights", "3", "1", "--split",
+             "val", "-j", "0"]
+    report = entry.run_command(flags + ["--output", str(tmp_path / "eval")])
+    assert report["samples"] == len(rows) and report["top1"] == pytest.approx(expected_top1, abs=1e-9)
+    assert [m["weight"] for m in report["members"]] == [0.75, 0.25]
+    alone = entry.run_command(["--evaluation", "--resume", str(checkpoints[0]), "--split", "val", "-j", "0",
+                               "--output", str(tmp_path / "alone")])
+    assert report["members"][0]["top1"] == pytest.approx(alone["top1"], abs=1e-9)
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["checkpoint"] == [str(checkpoints[0]),
+                                                                                       str(exported)]
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "main.py", *flags,
+         "--output", str(tmp_path / "eval2"), "--device", "cpu"])
+    two = json.loads((tmp_path / "eval2" / "report.json").read_text())
+    assert two["world_size"] == 2 and two["confusion_matrix"] == report["confusion_matrix"]
+    with pytest.raises(ValueError, match="give --data DIR"):
+        entry.run_command(["--evaluation", "--resume", str(exported), str(exported), "-j", "0"])

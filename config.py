@@ -28,7 +28,7 @@ class Config:
     # model
     model: str = "small_cnn"
     pretrained: str | None = None
-    prior_bias: float | None = None
+    prior_bias: float | str | None = None  # P, 'freq' or a CSV file of class,prior
     channels_last: bool | None = None
     head: str | None = None  # None: cosine for margin losses, else linear; training stores the resolved value
     dropout: float | None = None
@@ -204,6 +204,17 @@ class JobGroup:
         return " / ".join(_flag_name(dest) for dest in self.selectors)
 
 
+def _prior_bias(text: str) -> float | str:
+    """--prior_bias: a probability, 'freq', or a file path (read when the model is built)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"a probability in (0, 1), 'freq' or a CSV file, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -276,8 +287,10 @@ def _model_flags(p: argparse.ArgumentParser, d: Config) -> None:
                         "mobilenetv3_small/large and efficientnet-b0/b4 mean torchvision's mobilenet_v3_small/large "
                         "and efficientnet_b0/b4)")
     g.add_argument("--pretrained", default=d.pretrained, help="local weights file (state dict or our checkpoint)")
-    g.add_argument("--prior_bias", type=float, default=d.prior_bias,
-                   help="sample-free init: set the final bias so each class starts at this probability")
+    g.add_argument("--prior_bias", type=_prior_bias, default=d.prior_bias, metavar="P|freq|FILE",
+                   help="sample-free init (for bce): set the final bias so each class starts at sigmoid probability "
+                        "P; 'freq': each class at its share of the train split; FILE: a CSV 'class,prior' raising "
+                        "the classes it lists (the others keep their initial bias)")
     g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=d.channels_last,
                    help="channels_last memory format; unset: on for CUDA; on a CPU measured once for this model, "
                         "input size and AMP, and cached (~/.cache/image-classifier/speed_choices.json)")

@@ -2,6 +2,10 @@
 batch augmentation. Factories below (dataloader, models, criterions, optim) never see the config."""
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from config import Config
@@ -14,6 +18,7 @@ from models.heads import find_classifier_name
 from optim import Scheduler, build_optimizer, build_scheduler, param_groups, scale_lr_by_batch
 from utils.checkpoint import Checkpoint
 from utils.distributed import DistInfo
+from utils.errors import DataError, UsageError
 from utils.logger import get_logger
 
 
@@ -61,10 +66,44 @@ def model_options(cfg: Config) -> dict:
             "cosine_scale": cfg.arc_scale, "bn_momentum": cfg.bn_momentum}
 
 
-def new_model(cfg: Config, *, pretrained: bool = True) -> torch.nn.Module:
-    """The network of a new run (``--pretrained`` weights when given and ``pretrained``)."""
+def new_model(cfg: Config, *, pretrained: bool = True, train_targets=None,
+              class_names: list[str] | None = None) -> torch.nn.Module:
+    """The network of a new run (``--pretrained`` weights when given and ``pretrained``); --prior_bias 'freq' and
+    a priors file read the train split's targets and class names."""
     return build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained if pretrained else None,
-                       prior_bias=cfg.prior_bias, **model_options(cfg))
+                       prior_bias=class_priors(cfg.prior_bias, train_targets, class_names), **model_options(cfg))
+
+
+def class_priors(prior_bias, train_targets, class_names: list[str] | None):
+    """--prior_bias as build_model takes it: None, one probability, or one per class (None: left as it is)."""
+    if prior_bias is None or isinstance(prior_bias, float):
+        return prior_bias
+    if class_names is None or train_targets is None:
+        raise UsageError(f"--prior_bias {prior_bias} needs the train split's classes")
+    if prior_bias == "freq":
+        counts = np.bincount(np.asarray(train_targets), minlength=len(class_names))
+        return [float(c) / counts.sum() if c else None for c in counts]
+    return read_priors(prior_bias, class_names)
+
+
+def read_priors(path: str, class_names: list[str]) -> list[float | None]:
+    """A CSV of ``class,prior`` rows (a header line is allowed) → one prior per class, None where not listed."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"--prior_bias {path}: not a probability, 'freq' or an existing CSV file of class,prior")
+    priors: list[float | None] = [None] * len(class_names)
+    for number, row in enumerate(csv.reader(file.read_text().splitlines()), start=1):
+        if not row or row[0].strip().lower() == "class":
+            continue
+        try:
+            name, value = row[0].strip(), float(row[1])
+        except (IndexError, ValueError):
+            raise DataError(f"--prior_bias {path} line {number}: expected 'class,prior', got {','.join(row)!r}")
+        if name not in class_names or not 0.0 < value < 1.0:
+            raise DataError(f"--prior_bias {path} line {number}: {name!r} must be one of {class_names} with a prior "
+                            f"in (0, 1), got {value}")
+        priors[class_names.index(name)] = value
+    return priors
 
 
 def model_from_checkpoint(ckpt: Checkpoint, cfg: Config, device: torch.device,

@@ -127,7 +127,8 @@ def build_training_run(job: Job) -> TrainingRun:
         torch.backends.cudnn.benchmark = True
     splits, train_loader, val_loader = build_data(cfg, info, log)
     cfg.head = resolve_head(cfg.criterion, cfg.head)  # stored resolved, so the checkpoint rebuilds the same head
-    model = new_model(cfg, pretrained=ckpt is None).to(info.device)
+    model = new_model(cfg, pretrained=ckpt is None, train_targets=splits.train.targets,
+                      class_names=splits.class_names).to(info.device)
     choose_speed_settings(cfg, model, info, log)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -244,8 +245,8 @@ def fit(run: TrainingRun, log) -> dict:
     finally:
         control.uninstall()
         recorder.close()
-    best = (f"best val {cfg.monitor} {describe_score(run.best_score, cfg.monitor)} (top-1 {run.best_top1:.2f}) at "
-            f"epoch {run.best_epoch + 1}")
+    top1 = f" (top-1 {run.best_top1:.2f})" if cfg.monitor != "top1" else ""
+    best = f"best val {cfg.monitor} {describe_score(run.best_score, cfg.monitor)}{top1} at epoch {run.best_epoch + 1}"
     log.info("%s; checkpoints in %s (best.pth, last.pth), summary %s, TensorBoard %s/%s",
              best if run.val_loader is not None else "no validation", run.out_dir,
              run.out_dir / "summary.csv", cfg.log_dir, cfg.name)

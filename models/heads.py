@@ -82,17 +82,25 @@ def prior_bias_value(prior: float) -> float:
 
 
 @torch.no_grad()
-def set_prior_bias(model: nn.Module, prior: float) -> float:
-    """Fill the final layer's bias so every class starts at sigmoid probability `prior`; returns the bias value.
+def set_prior_bias(model: nn.Module, prior: float | list[float | None]) -> float | list[float | None]:
+    """Fill the final layer's bias so every class starts at sigmoid probability `prior` (one value, or one per class
+    where None leaves that class's bias as initialised); returns the bias value(s).
 
     Meant for sigmoid/BCE training. With softmax a constant bias shifts all logits equally and has no effect.
     """
-    value = prior_bias_value(prior)
     layer = get_classifier(model)
     if getattr(layer, "bias", None) is None:
         raise ValueError(
             f"prior_bias needs a bias, but the final layer {find_classifier_name(model)!r} of "
             f"{type(model).__name__} has none (e.g. torchvision's maxvit_t): drop prior_bias or pick another model."
         )
-    layer.bias.fill_(value)
-    return value
+    if not isinstance(prior, (list, tuple)):
+        value = prior_bias_value(prior)
+        layer.bias.fill_(value)
+        return value
+    assert len(prior) == layer.bias.numel(), f"{len(prior)} priors for {layer.bias.numel()} classes"
+    values = [None if p is None else prior_bias_value(p) for p in prior]
+    for index, value in enumerate(values):
+        if value is not None:
+            layer.bias[index] = value
+    return values

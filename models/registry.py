@@ -119,7 +119,7 @@ def build_model(
     *,
     num_classes: int,
     pretrained: str | None = None,
-    prior_bias: float | None = None,
+    prior_bias: float | list[float | None] | None = None,
     head: str = "linear",
     dropout: float | None = None,
     pooling: str = "avg",
@@ -131,8 +131,8 @@ def build_model(
 
     pretrained: path of a local state dict or checkpoint (see models/pretrained.py); tensors whose shape does
         not fit (typically the head of a model trained on another class count) are skipped with a warning.
-    prior_bias: probability p in (0, 1); the final layer's bias is set to -log((1 - p) / p) so every class
-        starts at sigmoid probability p ("sample-free" initialisation for sigmoid/BCE training). It is applied
+    prior_bias: probability p in (0, 1), or one per class (None: keep that class's bias); the final layer's bias
+        is set to -log((1 - p) / p) so the class starts at sigmoid probability p ("sample-free" initialisation for sigmoid/BCE training). It is applied
         before loading weights, so a head that loads from `pretrained` keeps its trained bias.
     head, dropout, pooling, cosine_scale: the head options, see `create_model`.
     bn_momentum: the running-statistics momentum of every BatchNorm layer (None: the model's own).

@@ -14,6 +14,7 @@ import torch
 import main as entry
 from config import Config, build_parser
 from utils.checkpoint import load_checkpoint
+from utils.errors import DataError, UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -161,6 +162,34 @@ def test_pretrained_weights_load_with_head_skipped(tiny_digits, tmp_path):
 def test_prior_bias_sets_initial_head_bias(tiny_digits, tmp_path):
     ckpt = train_once(tiny_digits, tmp_path, ["--criterion", "bce", "--prior_bias", "0.01", "--lr", "1e-12"])
     assert ckpt.model["fc.bias"].tolist() == pytest.approx([-math.log(99)] * 10, abs=1e-4)
+
+
+def test_prior_bias_per_class_from_frequencies_or_a_file(tiny_digits, tmp_path):
+    """'freq': every class at its share of the train split; a file raises the classes it lists, the others keep
+    the bias they would have had without --prior_bias (same seed)."""
+    def logit(p: float) -> float:
+        return -math.log((1 - p) / p)
+
+    flags = ["--criterion", "bce", "--lr", "1e-12", "--seed", "3"]
+    freq = train_once(tiny_digits, tmp_path, flags + ["--prior_bias", "freq"], name="freq")
+    counts = [len(list((tiny_digits / "train" / str(c)).glob("*.png"))) for c in range(10)]
+    assert freq.model["fc.bias"].tolist() == pytest.approx([logit(n / sum(counts)) for n in counts], abs=1e-4)
+    plain = train_once(tiny_digits, tmp_path, flags, name="plain")
+    (tmp_path / "priors.csv").write_text("class,prior\n3,0.2\n7,0.05\n")
+    listed = train_once(tiny_digits, tmp_path, flags + ["--prior_bias", str(tmp_path / "priors.csv")], name="file")
+    bias, before = listed.model["fc.bias"].tolist(), plain.model["fc.bias"].tolist()
+    assert bias[3] == pytest.approx(logit(0.2), abs=1e-4) and bias[7] == pytest.approx(logit(0.05), abs=1e-4)
+    assert [b for i, b in enumerate(bias) if i not in (3, 7)] == pytest.approx(
+        [b for i, b in enumerate(before) if i not in (3, 7)], abs=1e-6)
+    assert listed.config["prior_bias"] == str(tmp_path / "priors.csv")
+    (tmp_path / "bad.csv").write_text("class,prior\ncat,0.2\n")
+    for value, message in ((str(tmp_path / "bad.csv"), "line 2: 'cat' must be one of"),
+                           (str(tmp_path / "none.csv"), "not a probability, 'freq' or an existing CSV")):
+        with pytest.raises((UsageError, DataError), match=message):
+            train_once(tiny_digits, tmp_path, flags + ["--prior_bias", value], name="bad")
+    bad = subprocess.run([sys.executable, "main.py", "--prior_bias", "1.5"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: argument --prior_bias: a probability in (0, 1)")
 
 
 def test_csv_lists_and_val_carved_from_train(tiny_digits, tmp_path):

@@ -176,3 +176,17 @@ def test_torchrun_mean_teacher_is_the_same_network_on_both_ranks(semi_data, tmp_
     assert "differs between ranks" not in log
     ckpt = load_checkpoint(tmp_path / "ck/mt2/last.pth")
     assert ckpt.world_size == 2 and ckpt.ema is not None
+
+
+def test_semi_split_links_disjoint_labelled_and_unlabelled_images(tiny_digits, tmp_path):
+    from dataloader.semi_split import semi_split
+
+    out, unlabelled = tmp_path / "semi", tmp_path / "unlabelled"
+    semi_split(tiny_digits, out, unlabelled, labelled=2, unlabelled=1, val=1, seed=0)
+    labelled = sorted(out.glob("train/*/*.png"))
+    assert len(labelled) == 20 and len(list(out.glob("val/*/*.png"))) == 10
+    assert len(list((out / "test").glob("*/*.png"))) == 40  # the whole test split, linked
+    pool = sorted(unlabelled.iterdir())
+    assert len(pool) == 10 and all(p.is_symlink() for p in pool)
+    assert not {p.resolve() for p in pool} & {p.resolve() for p in labelled}
+    assert {p.name.split("_")[0] for p in pool} == {p.parent.name for p in labelled}

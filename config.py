@@ -141,6 +141,18 @@ class Config:
     curriculum_learning: bool = False
     curriculum_pacing: list[int] | None = None
     visual_data: str | None = None
+    # semi-supervised learning (issue 16): mean teacher (a training recipe) and pseudo-labelling rounds (a job)
+    mean_teacher: bool = False
+    unlabeled: str | None = None
+    unlabeled_batch_size: int | None = None  # None: --batch_size
+    consistency_weight: float = 10.0
+    consistency_rampup: float = 5.0
+    mean_teacher_decay: float = 0.99
+    pseudo_label: str | None = None
+    pseudo_threshold: float = 0.95
+    pseudo_rounds: int = 1
+    pseudo_targets: str = "hard"
+    pseudo_weight: float = 1.0
     visual_method: str = "grad-cam"
     target_layer: str | None = None
     visual_limit: int = 64
@@ -469,6 +481,24 @@ def _distillation_flags(p: argparse.ArgumentParser, d: Config) -> None:
                    help="--make_curriculum: loss weight of each stage, one more than --curriculum_thresholds")
 
 
+def _semi_supervised_flags(p: argparse.ArgumentParser, d: Config) -> None:
+    g = p.add_argument_group("mean teacher (semi-supervised: unlabelled images in training)")
+    g.add_argument("--mean_teacher", action="store_true",
+                   help="train with an EMA teacher of the model (kept as the run's EMA, validated with it) and a "
+                        "consistency loss on --unlabeled images: MSE of student and teacher softmax on two "
+                        "augmentations (the run's --aug, else basic) of each image")
+    g.add_argument("--unlabeled", default=d.unlabeled, metavar="DIR_OR_CSV",
+                   help="unlabelled images of --mean_teacher: a folder (nested folders allowed) or a CSV list")
+    g.add_argument("--unlabeled_batch_size", type=_positive_int, default=d.unlabeled_batch_size, metavar="N",
+                   help="unlabelled images per step and process (default: --batch_size)")
+    g.add_argument("--consistency_weight", type=float, default=d.consistency_weight,
+                   help="weight of the consistency term once ramped up")
+    g.add_argument("--consistency_rampup", type=float, default=d.consistency_rampup, metavar="EPOCHS",
+                   help="epochs of the sigmoid ramp-up exp(-5 (1 - t)^2) of the consistency weight (0: none)")
+    g.add_argument("--mean_teacher_decay", type=float, default=d.mean_teacher_decay,
+                   help="the teacher's EMA decay per optimizer step (instead of --ema_decay)")
+
+
 def _bookkeeping_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g = p.add_argument_group("bookkeeping")
     g.add_argument("--checkpoint_dir", default=d.checkpoint_dir, help="runs are saved in CHECKPOINT_DIR/NAME/")
@@ -481,7 +511,7 @@ def _bookkeeping_flags(p: argparse.ArgumentParser, d: Config) -> None:
 
 
 RECIPE_GROUPS = (_data_flags, _model_flags, _optimisation_flags, _schedule_flags, _loss_flags, _augmentation_flags,
-                 _tricks_flags, _distillation_flags, _bookkeeping_flags)
+                 _tricks_flags, _distillation_flags, _semi_supervised_flags, _bookkeeping_flags)
 
 
 # --- how to run, and the jobs: runtime flags, never taken from a checkpoint ----------------------------------------
@@ -602,6 +632,22 @@ def _curriculum_flags(g) -> None:
                         "--curriculum_thresholds and write DATA/curriculum.txt (or --output)")
 
 
+def _pseudo_label_flags(g) -> None:
+    d = Config()
+    g.add_argument("--pseudo_label", default=d.pseudo_label, metavar="DIR_OR_CSV",
+                   help="train, label these unlabelled images (a folder, nested allowed, or a CSV list) with the "
+                        "model, add those at least --pseudo_threshold sure to train and train again, "
+                        "--pseudo_rounds times; NAME/roundR/ holds each round's run, NAME/pseudo_labels.csv the labels")
+    g.add_argument("--pseudo_threshold", type=float, default=d.pseudo_threshold, metavar="P",
+                   help="keep an image when its top class probability is >= P")
+    g.add_argument("--pseudo_rounds", type=_positive_int, default=d.pseudo_rounds, metavar="K",
+                   help="labelling and retraining rounds (each round relabels every image with the latest model)")
+    g.add_argument("--pseudo_targets", default=d.pseudo_targets, choices=["hard", "soft"],
+                   help="hard: the top class; soft: the model's class probabilities as the target")
+    g.add_argument("--pseudo_weight", type=float, default=d.pseudo_weight, metavar="W",
+                   help="loss weight of a pseudo-labelled image (a labelled one weighs 1)")
+
+
 def _visual_flags(g) -> None:
     d = Config()
     g.add_argument("--visual_data", default=d.visual_data, metavar="DIR_OR_SPLIT",
@@ -660,6 +706,7 @@ JOB_GROUPS = (
     ("lr finder: --lr_find", "lr_find", ("lr_find",), _lr_find_flags),
     ("teacher knowledge: --knowledge SPLIT --resume TEACHER", "knowledge", ("knowledge",), _knowledge_flags),
     ("curriculum: --make_curriculum --resume CKPT", "curriculum", ("make_curriculum",), _curriculum_flags),
+    ("pseudo-labelling: --pseudo_label DIR_OR_CSV", "pseudo_label", ("pseudo_label",), _pseudo_label_flags),
     ("class activation maps: --visual_data SPLIT_OR_DIR --resume CKPT", "visualize", ("visual_data",),
      _visual_flags),
     ("repeat with seeds: --repeat N", "repeat", ("repeat",), _repeat_flags),

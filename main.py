@@ -13,6 +13,8 @@
     python main.py --knowledge train --resume teacher/best.pth   # DATA/distill.txt (+ label.txt) for --distill
     python main.py --make_curriculum --resume RUN/best.pth       # DATA/curriculum.txt for --curriculum_learning
     python main.py --visual_data val --resume RUN/best.pth --visual_method grad-cam   # CAM overlays + index.html
+    python main.py --data DATA --pseudo_label UNLABELLED --pseudo_threshold 0.95 --pseudo_rounds 3
+    python main.py --data DATA --mean_teacher --unlabeled UNLABELLED --consistency_weight 10
     python main.py --data data/digits --repeat 3                 # 3 seeds: mean, std, 95% confidence interval
     python main.py --print_config --resume RUN/best.pth          # the resolved config as YAML
 
@@ -39,6 +41,7 @@ APPLICATIONS = {  # job name (config.JOB_GROUPS) -> module; imported only when c
     "knowledge": "applications.knowledge",
     "curriculum": "applications.curriculum",
     "visualize": "applications.visualize",
+    "pseudo_label": "applications.pseudo_label",
     "repeat": "applications.repeat",
     "serve": "applications.serve",
 }

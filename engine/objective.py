@@ -31,13 +31,15 @@ class TrainingLoss:
     """``loss(logits, targets, inputs, indices, epoch)``; see the module docstring."""
 
     def __init__(self, criterion: torch.nn.Module, *, teacher=None, alpha: float = 0.5, temperature: float = 4.0,
-                 curriculum: CurriculumWeights | None = None) -> None:
-        self.criterion, self.teacher, self.curriculum = criterion, teacher, curriculum
+                 curriculum: CurriculumWeights | None = None, pseudo: PseudoTargets | None = None) -> None:
+        self.criterion, self.teacher, self.curriculum, self.pseudo = criterion, teacher, curriculum, pseudo
         self.alpha, self.temperature = alpha, temperature
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, indices: torch.Tensor,
                  epoch: int) -> torch.Tensor:
         weight = self.curriculum(indices, epoch) if self.curriculum is not None else None
+        if self.pseudo is not None:
+            targets, weight = self.pseudo(targets, indices)
         if self.teacher is None:
             return self.criterion(logits, targets, weight)
         return distillation_loss(logits, targets, self.teacher(inputs, indices), self.criterion, alpha=self.alpha,
@@ -45,8 +47,12 @@ class TrainingLoss:
 
 
 def training_loss_from_config(cfg: Config, criterion: torch.nn.Module, train_set: ImageClassificationDataset,
-                              device: torch.device) -> TrainingLoss:
-    """The step loss for the flags: --distill / --teacher and --curriculum_learning on top of the criterion."""
+                              device: torch.device, pseudo: PseudoTargets | None = None) -> TrainingLoss:
+    """The step loss for the flags: --distill / --teacher and --curriculum_learning on top of the criterion;
+    ``pseudo``: the targets and weights of pseudo-labelled images appended to ``train_set`` (--pseudo_label)."""
+    if pseudo is not None and (cfg.curriculum_learning or cfg.distill):
+        raise ValueError("--pseudo_label adds images that --curriculum_learning / --distill files do not list; "
+                         "use a live teacher (--teacher/--teacher_ckpt) or drop the pseudo-labels")
     curriculum = None
     # every image under the data root, to tell stale curriculum / knowledge lines from images of another split
     known_paths = all_image_paths(cfg) if cfg.curriculum_learning or cfg.distill else None
@@ -61,7 +67,7 @@ def training_loss_from_config(cfg: Config, criterion: torch.nn.Module, train_set
         raise ValueError("--curriculum_pacing paces --curriculum_learning; add --curriculum_learning")
     teacher = build_teacher(cfg, train_set, device, known_paths=known_paths)
     return TrainingLoss(criterion, teacher=teacher, alpha=cfg.distill_alpha, temperature=cfg.distill_T,
-                        curriculum=curriculum)
+                        curriculum=curriculum, pseudo=pseudo)
 
 
 class CurriculumWeights:
@@ -83,6 +89,31 @@ class CurriculumWeights:
         indices = indices.to(self.weights.device)
         entered = self.starts[self.stages[indices]] <= epoch
         return self.weights[indices] * entered
+
+
+class PseudoTargets:
+    """Targets and loss weights of a training set whose samples from ``labelled`` on are pseudo-labelled: those
+    weigh ``weight`` and, with ``soft_targets`` (one row of class probabilities per pseudo-labelled sample), learn
+    the labelling model's probabilities instead of its top class."""
+
+    def __init__(self, labelled: int, weight: float, soft_targets: np.ndarray | None, device: torch.device) -> None:
+        if weight < 0:
+            raise ValueError(f"--pseudo_weight must be >= 0, got {weight}")
+        self.labelled, self.weight = labelled, weight
+        self.soft = torch.from_numpy(soft_targets).float().to(device) if soft_targets is not None else None
+
+    def __call__(self, targets: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = indices.to(targets.device)
+        pseudo = indices >= self.labelled
+        weight = torch.where(pseudo, self.weight, 1.0).float()
+        if self.soft is None or not bool(pseudo.any()):
+            return targets, weight
+        if targets.ndim != 1:
+            raise ValueError("soft pseudo-labels replace the class labels of their images; batch mixes "
+                             "(--mixup/--cutmix/--ricap) already changed them: use --pseudo_targets hard")
+        soft = torch.nn.functional.one_hot(targets.clamp_min(0), self.soft.shape[1]).float()
+        soft[pseudo] = self.soft[indices[pseudo] - self.labelled]
+        return soft, weight
 
 
 class KnowledgeTeacher:

@@ -7,6 +7,7 @@ Works unchanged as ``python main.py`` (a world of one) and under torchrun.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -19,13 +20,15 @@ from tqdm import tqdm
 from config import Config
 from criterions import resolve_head
 from dataloader import DataSplits, Preprocessing, encode_splits, hard_labels
+from dataloader.unlabelled import with_extra_samples
 from engine.components import (batch_augment_of, criterion_from_config, datasets_of, loader_for, new_model,
                                optimizer_from_config, preprocessing_of, scheduler_from_config)
 from engine.device import autocast, scores_to_probs, to_model_input
 from engine.inference import predict_logits
 from engine.job import Job, default_run_name, open_job, run_dir, seed_everything
-from engine.objective import TrainingLoss, training_loss_from_config
+from engine.objective import PseudoTargets, TrainingLoss, training_loss_from_config
 from engine.preemption import StepControl
+from engine.semi import MeanTeacher, PseudoLabels, mean_teacher_from_config, state_checksum
 from models.heads import find_classifier_name
 from models.registry import batchnorm_lag_warning
 from optim import BackboneFreezer, Scheduler
@@ -76,6 +79,7 @@ class TrainingRun:
     swa: object | None
     swa_start: int | None
     freezer: BackboneFreezer
+    mean_teacher: MeanTeacher | None = None  # --mean_teacher: the unlabelled batches and consistency term
     start_epoch: int = 0
     best_top1: float = -1.0
     best_epoch: int = -1
@@ -115,9 +119,10 @@ def last_epoch_of(cfg: Config) -> int:
     return min(cfg.epochs, cfg.stop_epoch) if cfg.stop_epoch is not None else cfg.epochs
 
 
-def build_training_run(job: Job) -> TrainingRun:
-    """Data, model, speed settings, optimizer, schedule, loss, averaging and the resumed state of ``job.ckpt``.
-    Nothing is written: a run that cannot be built leaves no run folder behind."""
+def build_training_run(job: Job, pseudo: PseudoLabels | None = None) -> TrainingRun:
+    """Data, model, speed settings, optimizer, schedule, loss, averaging and the resumed state of ``job.ckpt``;
+    ``pseudo``: pseudo-labelled images to train on too. Nothing is written: a run that cannot be built leaves no run
+    folder behind."""
     cfg, info, ckpt, log = job.cfg, job.info, job.ckpt, job.log
     check_recipe(cfg)
     if cfg.name is None:
@@ -125,7 +130,7 @@ def build_training_run(job: Job) -> TrainingRun:
     seed_everything(cfg.seed)
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    splits, train_loader, val_loader = build_data(cfg, info, log)
+    splits, train_loader, val_loader = build_data(cfg, info, log, extra=pseudo.samples() if pseudo else None)
     cfg.head = resolve_head(cfg.criterion, cfg.head)  # stored resolved, so the checkpoint rebuilds the same head
     model = new_model(cfg, pretrained=ckpt is None, train_targets=splits.train.targets,
                       class_names=splits.class_names).to(info.device)
@@ -140,13 +145,19 @@ def build_training_run(job: Job) -> TrainingRun:
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and info.device.type == "cuda")
     criterion = criterion_from_config(cfg, class_names=splits.class_names, train_targets=splits.train.targets)
     criterion = criterion.to(info.device)  # GHM's running counts and the class weights live on the device
-    step_loss = training_loss_from_config(cfg, criterion, splits.train, info.device)  # + teacher, curriculum
+    pseudo_targets = (PseudoTargets(len(splits.train) - len(pseudo.files), cfg.pseudo_weight,
+                                    pseudo.probs if cfg.pseudo_targets == "soft" else None, info.device)
+                      if pseudo is not None else None)
+    step_loss = training_loss_from_config(cfg, criterion, splits.train, info.device, pseudo_targets)
+    averaged = cfg.ema or cfg.mean_teacher  # the mean teacher is the run's EMA
     run = TrainingRun(cfg, info, splits.class_names, splits, train_loader, val_loader, preprocessing_of(cfg), model,
                       model, optimizer, scheduler, scaler, criterion, step_loss,
-                      ema=build_ema(model, cfg.ema_decay) if cfg.ema else None,
+                      ema=build_ema(model, cfg.mean_teacher_decay if cfg.mean_teacher else cfg.ema_decay)
+                      if averaged else None,
                       swa=build_swa(model) if cfg.swa else None,
                       swa_start=swa_start_epoch(cfg.epochs, cfg.swa_epochs) if cfg.swa else None,
                       freezer=None)
+    run.mean_teacher = mean_teacher_from_config(cfg, splits.class_names, info, run.ema, run.preprocessing)
     if ckpt is not None:
         restore_training_state(run, ckpt)
         log.info("resumed %s at epoch %d%s (best val top-1 %.2f)", cfg.resume, run.start_epoch + 1,
@@ -161,9 +172,13 @@ def build_training_run(job: Job) -> TrainingRun:
     return run
 
 
-def build_data(cfg: Config, info: DistInfo, log) -> tuple[DataSplits, object, object | None]:
-    """The splits (classes checked against --num_classes, RAM cache, device decoding) and their loaders."""
+def build_data(cfg: Config, info: DistInfo, log,
+               extra: list[tuple[str, int]] | None = None) -> tuple[DataSplits, object, object | None]:
+    """The splits (classes checked against --num_classes, RAM cache, device decoding) and their loaders;
+    ``extra`` (path, class index) samples join the training split after its own."""
     splits = datasets_of(cfg)
+    if extra:
+        splits = dataclasses.replace(splits, train=with_extra_samples(splits.train, extra))
     class_names = splits.class_names
     if cfg.num_classes is not None and cfg.num_classes != len(class_names):
         raise UsageError(f"--num_classes {cfg.num_classes} but {cfg.data} has {len(class_names)} classes "
@@ -271,8 +286,10 @@ def run_epoch(run: TrainingRun, epoch: int, control: StepControl | None = None) 
     train_stats = train_one_epoch(run.ddp_model, run.train_loader, run.step_loss, run.optimizer, run.scheduler,
                                   run.scaler, cfg, run.preprocessing, info, epoch, ema=run.ema, swa_lr=swa_lr,
                                   freezer=run.freezer, start_batch=start_batch, partial=partial, control=control,
-                                  on_save=on_save)
+                                  on_save=on_save, mean_teacher=run.mean_teacher)
     broadcast_buffers(run.model)
+    if run.mean_teacher is not None:
+        log_teacher_checksums(run.ema.module, epoch, info)
     if run.swa is not None and epoch >= run.swa_start:
         run.swa.update_parameters(run.model)
     val_stats, (score, top1), source, best_weights = best_candidate(run.model, run.ema, run.val_loader,
@@ -287,6 +304,16 @@ def run_epoch(run: TrainingRun, epoch: int, control: StepControl | None = None) 
     if info.is_main:
         save_epoch(run, epoch, rngs, best=(source, best_weights) if improved else None)
     return run.metrics
+
+
+def log_teacher_checksums(teacher: torch.nn.Module, epoch: int, info: DistInfo) -> None:
+    """Log every rank's checksum of the mean teacher: one network on every rank (engine/semi.py), or a warning."""
+    checksums = gather_objects(state_checksum(teacher))
+    if info.is_main:
+        log = get_logger()
+        log.info("mean teacher after epoch %d, state checksum per rank: %s", epoch + 1, " ".join(checksums))
+        if len(set(checksums)) > 1:
+            log.warning("the mean teacher differs between ranks after epoch %d", epoch + 1)
 
 
 def training_state(run: TrainingRun, epoch: int, rngs: list) -> Checkpoint:
@@ -401,7 +428,8 @@ def choose_speed_settings(cfg: Config, model: torch.nn.Module, info: DistInfo, l
 def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, cfg: Config, preprocessing,
                     info: DistInfo, epoch: int, ema=None, swa_lr: float | None = None,
                     freezer: BackboneFreezer | None = None, start_batch: int = 0, partial: dict | None = None,
-                    control: StepControl | None = None, on_save: Callable[[int, dict], None] | None = None) -> dict:
+                    control: StepControl | None = None, on_save: Callable[[int, dict], None] | None = None,
+                    mean_teacher: MeanTeacher | None = None) -> dict:
     """One pass over the training shard; loss and accuracy stay on the device until the end of the epoch.
 
     ``loss_fn(logits, targets, inputs, indices, epoch)`` is the step loss (engine/objective.py), or a plain
@@ -413,6 +441,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, cfg: C
     A run resumed mid-epoch passes ``start_batch`` (the loader's sampler skips those batches) and the epoch's
     ``partial`` sums. After each optimizer step ``control`` may ask for a checkpoint: ``on_save(batches done,
     sums so far over all ranks)`` writes it, and on a stop signal the epoch ends there with ``Preempted``.
+    With ``mean_teacher`` (its teacher is ``ema``) each step adds its consistency term on an unlabelled batch.
     """
     if not isinstance(loss_fn, TrainingLoss):
         loss_fn = TrainingLoss(loss_fn)
@@ -437,8 +466,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, cfg: C
         boundary = step + 1 == group_start + group_size
         with contextlib.nullcontext() if boundary else no_sync(model):
             with autocast(cfg, info.device):
-                logits = model(inputs)
-                loss = loss_fn(logits, targets, inputs, indices, epoch)
+                logits, loss = forward_loss(model, loss_fn, inputs, targets, indices, epoch + step / steps,
+                                            mean_teacher)
             objective = loss + weight_penalty(penalised, cfg.l1, cfg.l2) if penalised else loss
             scaler.scale(objective / group_size).backward()
         if boundary:
@@ -447,7 +476,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, cfg: C
             if swa_lr is not None:
                 set_constant_lr(optimizer, swa_lr)
             if ema is not None:
-                ema.update_parameters(unwrap_model(model))
+                update_average(ema, model, mean_teacher)
         loss_sum += loss.detach().double() * targets.shape[0]
         correct += (logits.detach().argmax(dim=1) == hard_labels(targets)).sum()
         seen += targets.shape[0]
@@ -459,6 +488,29 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, cfg: C
     total_loss, total_correct, total_seen = reduce_sum([loss_sum.item(), correct.item(), seen], info.device)
     _check_finite(total_loss / total_seen, epoch, len(loader) - 1)
     return {"train_loss": total_loss / total_seen, "train_top1": 100.0 * total_correct / total_seen}
+
+
+def update_average(ema, model, mean_teacher: MeanTeacher | None) -> None:
+    """The EMA's step after the optimizer's; a mean teacher then takes rank 0's BatchNorm statistics."""
+    ema.update_parameters(unwrap_model(model))
+    if mean_teacher is not None:
+        mean_teacher.after_update()
+
+
+def forward_loss(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor,
+                 progress: float, mean_teacher: MeanTeacher | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The labelled batch's logits and the step's loss (``progress``: epochs done, fractional). With a mean teacher
+    the model sees the labelled images and one view of an unlabelled batch in one forward (under DDP, one forward
+    per backward) and the consistency term joins the loss."""
+    epoch = int(progress)
+    if mean_teacher is None:
+        logits = model(inputs)
+        return logits, loss_fn(logits, targets, inputs, indices, epoch)
+    student_view, teacher_view = mean_teacher.next_views(epoch)
+    both = model(torch.cat([inputs, student_view]))
+    logits = both[:inputs.shape[0]]
+    loss = loss_fn(logits, targets, inputs, indices, epoch)
+    return logits, loss + mean_teacher.consistency(both[inputs.shape[0]:], teacher_view, progress)
 
 
 def epoch_sums(partial: dict | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -127,7 +127,11 @@ def test_every_flag_is_exercised_somewhere():
                          "monitor",  # tests/test_monitor.py (best.pth by loss, macro F1, AUROC, top-1; resume)
                          # tests/test_serve.py (a server process: batching, protocol, errors, SIGTERM)
                          "serve", "host", "port", "max_batch_size", "max_wait_ms", "max_queue", "max_body_mb", "topk",
-                         "threads"}
+                         "threads",
+                         # tests/test_semi_supervised.py (pseudo-label rounds and file, mean teacher, both under torchrun)
+                         "pseudo_label", "pseudo_threshold", "pseudo_rounds", "pseudo_targets", "pseudo_weight",
+                         "mean_teacher", "unlabeled", "unlabeled_batch_size", "consistency_weight",
+                         "consistency_rampup", "mean_teacher_decay"}
     flags_here = {a.lstrip("-").removeprefix("no-") for flags, _ in FLAG_SETS.values() for a in flags
                   if a.startswith("--")}
     dests = {a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"}

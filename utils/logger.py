@@ -58,6 +58,16 @@ def attach_log_file(log_file: str | Path, enabled: bool) -> None:
     logger.addHandler(handler)
 
 
+def detach_log_files(folder: str | Path) -> None:
+    """Stop logging to the files in ``folder`` (a job running several runs closes each run's log after it)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    folder = Path(folder).resolve()
+    for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+        if Path(handler.baseFilename).parent == folder:
+            logger.removeHandler(handler)
+            handler.close()
+
+
 def record_failure(error: BaseException) -> None:
     """Write the error with its traceback to the log files only (the console shows one line)."""
     logger = logging.getLogger(LOGGER_NAME)

@@ -15,6 +15,9 @@
     python main.py --visual_data val --resume RUN/best.pth --visual_method grad-cam   # CAM overlays + index.html
     python main.py --data data/digits --repeat 3                 # 3 seeds: mean, std, 95% confidence interval
     python main.py --print_config --resume RUN/best.pth          # the resolved config as YAML
+    python main.py --gan --data data/fmnist --gan_image_size 28  # class-conditional DCGAN: RUN/generator.pth
+    python main.py --gan_generate 1000 --resume RUN/generator.pth  # DATA/gen_dataset/RUN/<class>/, labels.csv
+    python main.py --data data/fmnist --extra_train data/fmnist/gen_dataset/RUN --extra_weight 0.5
 
 Each application module has ``check(cfg)`` (its cross-flag rules, before any work) and ``run(cfg, explicit)``.
 """
@@ -41,6 +44,8 @@ APPLICATIONS = {  # job name (config.JOB_GROUPS) -> module; imported only when c
     "visualize": "applications.visualize",
     "repeat": "applications.repeat",
     "serve": "applications.serve",
+    "gan": "applications.gan",
+    "gan_generate": "applications.gan_generate",
 }
 
 

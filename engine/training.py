@@ -138,7 +138,8 @@ def build_training_run(job: Job) -> TrainingRun:
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and info.device.type == "cuda")
     criterion = criterion_from_config(cfg, class_names=splits.class_names, train_targets=splits.train.targets)
     criterion = criterion.to(info.device)  # GHM's running counts and the class weights live on the device
-    step_loss = training_loss_from_config(cfg, criterion, splits.train, info.device)  # + teacher, curriculum
+    step_loss = training_loss_from_config(cfg, criterion, splits.train, info.device,  # + teacher, curriculum
+                                          sample_weights=splits.train_weights)
     run = TrainingRun(cfg, info, splits.class_names, splits, train_loader, val_loader, preprocessing_of(cfg), model,
                       model, optimizer, scheduler, scaler, criterion, step_loss,
                       ema=build_ema(model, cfg.ema_decay) if cfg.ema else None,
@@ -167,6 +168,9 @@ def build_data(cfg: Config, info: DistInfo, log) -> tuple[DataSplits, object, ob
         raise UsageError(f"--num_classes {cfg.num_classes} but {cfg.data} has {len(class_names)} classes "
                          f"({', '.join(class_names[:10])}...); drop --num_classes or fix the data")
     cfg.num_classes = len(class_names)
+    if splits.extra_count:
+        log.info("--extra_train %s: %d images added to the %d of train, loss weight %g", cfg.extra_train,
+                 splits.extra_count, len(splits.train) - splits.extra_count, cfg.extra_weight)
     if cfg.decode == "device":  # workers only read the files; to_model_input decodes each batch on the device
         splits = encode_splits(splits, cache_images=cfg.cache_images)
     if splits.val is None:

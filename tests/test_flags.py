@@ -121,7 +121,11 @@ def test_every_flag_is_exercised_somewhere():
                          "save_every_minutes", "save_every_steps",
                          # tests/test_serve.py (a server process: batching, protocol, errors, SIGTERM)
                          "serve", "host", "port", "max_batch_size", "max_wait_ms", "max_queue", "max_body_mb", "topk",
-                         "threads"}
+                         "threads",
+                         # tests/test_gan.py (a conditional DCGAN on one and two processes, its image sets, and
+                         # training with another labelled set)
+                         "gan", "gan_image_size", "gan_latent", "gan_width", "gan_epochs", "gan_lr", "gan_generate",
+                         "extra_train", "extra_weight"}
     flags_here = {a.lstrip("-").removeprefix("no-") for flags, _ in FLAG_SETS.values() for a in flags
                   if a.startswith("--")}
     dests = {a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"}

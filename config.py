@@ -160,6 +160,7 @@ class Config:
     gan_width: int = 64
     gan_epochs: int = 25
     gan_lr: float = 2e-4
+    gan_diversity: float = 1.0
     gan_generate: int | None = None
     # how to run (never taken from a checkpoint)
     debug: bool = False
@@ -640,6 +641,9 @@ def _gan_flags(g) -> None:
     g.add_argument("--gan_epochs", type=_positive_int, default=d.gan_epochs, help="epochs of GAN training")
     g.add_argument("--gan_lr", type=_positive_float, default=d.gan_lr,
                    help="Adam lr of generator and discriminator (betas 0.5, 0.999 as in DCGAN)")
+    g.add_argument("--gan_diversity", type=_non_negative_float, default=d.gan_diversity, metavar="L",
+                   help="weight of the mode-seeking term (MSGAN) in the generator's loss: two noise vectors of one "
+                        "class must give different images; 0 turns it off")
 
 
 def _gan_generate_flags(g) -> None:

@@ -70,7 +70,7 @@ def resume_gan_config(cfg: Config, ckpt: Checkpoint, explicit: set[str]) -> None
         raise UsageError(f"--resume {cfg.resume} holds {ckpt.weights} weights, not a generator; pass RUN/{GENERATOR} "
                          "written by --gan")
     trained = Config.from_dict(ckpt.config)
-    for key in (*ARCHITECTURE, "gan_lr", "gan_epochs"):
+    for key in (*ARCHITECTURE, "gan_lr", "gan_diversity", "gan_epochs"):
         if key not in explicit:
             setattr(cfg, key, getattr(trained, key))
         elif key in ARCHITECTURE and getattr(cfg, key) != getattr(trained, key):
@@ -205,6 +205,27 @@ def noise_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
+def paired_labels(labels: torch.Tensor) -> torch.Tensor:
+    """The labels the generator draws a batch for: the first half of the real batch's labels, twice (and the odd
+    one out), so that images i and i + n/2 share a class and differ only in their noise (``mode_seeking_loss``)."""
+    half = labels.shape[0] // 2
+    paired = labels.clone()
+    paired[half:2 * half] = labels[:half]
+    return paired
+
+
+def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """MSGAN's term (Mao et al. 2019): 1 / (mean |G(z1, y) - G(z2, y)| / mean |z1 - z2|) over the pairs of
+    ``paired_labels``. Large when two noise vectors give the same image: a conditional generator that ignores its
+    noise and draws one image per class (what it did on 100 Fashion-MNIST images per class without this) pays."""
+    half = fake.shape[0] // 2
+    if half == 0:
+        return fake.new_zeros(())
+    images = (fake[:half] - fake[half:2 * half]).abs().flatten(1).mean(dim=1)
+    noise = (z[:half] - z[half:2 * half]).abs().mean(dim=1)
+    return 1.0 / ((images / noise).mean() + 1e-5)
+
+
 def gan_epoch(run: GanRun, epoch: int) -> dict:
     """One pass over this rank's shard: a discriminator step, then a generator step, per batch. Returns the mean
     losses and mean discriminator probabilities on real and generated images over all ranks."""
@@ -214,11 +235,12 @@ def gan_epoch(run: GanRun, epoch: int) -> dict:
     run.generator.train()
     run.discriminator.train()
     started, sums, seen = time.time(), torch.zeros(4, dtype=torch.float64, device=device), 0
-    for images, labels, _ in run.loader:
-        real, labels = to_gan_input(images, run.channels, device), labels.to(device)
+    for images, real_labels, _ in run.loader:
+        real, real_labels = to_gan_input(images, run.channels, device), real_labels.to(device)
         n = real.shape[0]
-        fake = run.ddp_generator(torch.randn(n, cfg.gan_latent, generator=noise).to(device), labels)
-        scores = run.ddp_discriminator(torch.cat([real, fake.detach()]), torch.cat([labels, labels]))
+        labels, z = paired_labels(real_labels), torch.randn(n, cfg.gan_latent, generator=noise).to(device)
+        fake = run.ddp_generator(z, labels)
+        scores = run.ddp_discriminator(torch.cat([real, fake.detach()]), torch.cat([real_labels, labels]))
         is_real = torch.cat([torch.ones(n, device=device), torch.zeros(n, device=device)])
         d_loss = F.binary_cross_entropy_with_logits(scores, is_real)
         run.opt_d.zero_grad(set_to_none=True)
@@ -226,8 +248,9 @@ def gan_epoch(run: GanRun, epoch: int) -> dict:
         run.opt_d.step()
         g_scores = run.ddp_discriminator(fake, labels)
         g_loss = F.binary_cross_entropy_with_logits(g_scores, torch.ones_like(g_scores))
+        objective = g_loss + cfg.gan_diversity * mode_seeking_loss(fake, z) if cfg.gan_diversity else g_loss
         run.opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()  # also fills the discriminator's gradients, cleared before its next step
+        objective.backward()  # also fills the discriminator's gradients, cleared before its next step
         run.opt_g.step()
         with torch.no_grad():
             probs = torch.sigmoid(scores.detach())

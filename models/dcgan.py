@@ -1,21 +1,25 @@
 """A class-conditional DCGAN (seed 003's generative model, with labels): a generator that draws an image of a given
-class from noise, and a projection discriminator (Miyato & Koyama 2018) that scores (image, class) pairs.
+class from noise, and a discriminator that scores (image, class) pairs.
 
     G = ConditionalGenerator(num_classes=10, latent=100, channels=1, image_size=28)
     D = ConditionalDiscriminator(num_classes=10, channels=1, image_size=28)
     fake = G(torch.randn(8, 100), labels)          # (8, 1, 28, 28) in [-1, 1]
     score = D(fake, labels)                         # (8,) logits: real and of this class
 
-The label enters the generator as a learned embedding concatenated to the noise, and the discriminator as the inner
-product of a class embedding with its features, so a generated image carries the label it was drawn for.
+The label enters the generator as a learned embedding concatenated to the noise, and the discriminator as one-hot
+planes next to the image, so a generated image carries the label it was drawn for. A minibatch-stddev channel in the
+discriminator keeps the generator from drawing one image per class: on 1,000 Fashion-MNIST images a projection
+discriminator with spectral norm let it do exactly that (per-class pixel spread 0.09 against 0.45 for real images).
 Image sides are S * 2^k with a start side S in 3..8 and k >= 1 (28 = 7 * 4, 32 = 4 * 8, 64, 96, 256 ...).
 These are not classifiers: they are not in the model registry.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 
 def start_size(image_size: int) -> tuple[int, int]:
@@ -57,22 +61,37 @@ class ConditionalGenerator(nn.Module):
         return self.body(h.view(-1, self.top, self.start, self.start))
 
 
+def minibatch_stddev(h: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """``h`` (N, C, H, W) with one more channel: the mean standard deviation of the features over each group of
+    ``group`` consecutive samples (ProGAN's minibatch-stddev). It lets the discriminator see a group whose images are
+    all alike, which is how a conditional generator collapses to one image per class. Groups are consecutive, so a
+    batch of real images followed by as many generated ones keeps them apart when the halves divide by the group."""
+    n = h.shape[0]
+    group = math.gcd(group, n // 2) if n % 2 == 0 and n > 2 else math.gcd(group, n)
+    spread = h.view(n // group, group, *h.shape[1:]).std(dim=1, unbiased=False).mean(dim=(1, 2, 3))
+    return torch.cat([h, spread.repeat_interleave(group).view(n, 1, 1, 1).expand(n, 1, *h.shape[2:])], dim=1)
+
+
 class ConditionalDiscriminator(nn.Module):
-    """(image, label) to a logit: k strided convolutions (spectral norm, LeakyReLU), then
-    linear(h) + <embed(y), h> on the flattened features h (the projection discriminator)."""
+    """(image, label) to a logit: the image with one one-hot plane per class appended (so the class enters before
+    the first convolution), k strided convolutions with LeakyReLU, a minibatch-stddev channel, one linear layer."""
 
     def __init__(self, *, num_classes: int, channels: int, image_size: int, width: int = 64) -> None:
         super().__init__()
         start, steps = start_size(image_size)
-        layers, width_now, width_in = [], width, channels
+        self.num_classes = num_classes
+        layers, width_now, width_in = [], width, channels + num_classes
         for _ in range(steps):
-            layers += [spectral_norm(nn.Conv2d(width_in, width_now, 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [nn.Conv2d(width_in, width_now, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
             width_in, width_now = width_now, width_now * 2
-        self.features = nn.Sequential(*layers, nn.Flatten())
-        features = width_in * start * start
-        self.linear = spectral_norm(nn.Linear(features, 1))
-        self.embed = spectral_norm(nn.Embedding(num_classes, features))
+        self.features = nn.Sequential(*layers)
+        self.linear = nn.Linear((width_in + 1) * start * start, 1)
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(module.weight, 0.0, 0.02)  # DCGAN's initialisation
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        h = self.features(images)
-        return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(dim=1)
+        planes = F.one_hot(labels, self.num_classes).to(images.dtype)[:, :, None, None]
+        planes = planes.expand(-1, -1, *images.shape[2:])
+        h = minibatch_stddev(self.features(torch.cat([images, planes], dim=1)))
+        return self.linear(h.flatten(1)).squeeze(1)

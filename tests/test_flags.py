@@ -124,7 +124,8 @@ def test_every_flag_is_exercised_somewhere():
                          "threads",
                          # tests/test_gan.py (a conditional DCGAN on one and two processes, its image sets, and
                          # training with another labelled set)
-                         "gan", "gan_image_size", "gan_latent", "gan_width", "gan_epochs", "gan_lr", "gan_generate",
+                         "gan", "gan_image_size", "gan_latent", "gan_width", "gan_epochs", "gan_lr", "gan_diversity",
+                         "gan_generate",
                          "extra_train", "extra_weight"}
     flags_here = {a.lstrip("-").removeprefix("no-") for flags, _ in FLAG_SETS.values() for a in flags
                   if a.startswith("--")}

@@ -308,7 +308,8 @@ def sample_grid(generator: ConditionalGenerator, num_classes: int, seed: int, de
 
 
 def class_grid(images: np.ndarray, class_names: list[str], tile: int = 56, label_width: int = 110) -> np.ndarray:
-    """A white RGB canvas: one row per class (its name on the left), ``images[c]`` enlarged to ``tile`` pixels."""
+    """A white canvas (gray for 1-channel images, else RGB): one row per class (its name on the left), ``images[c]``
+    enlarged to ``tile`` pixels."""
     rows, cols = images.shape[:2]
     gap = 2
     canvas = np.full((rows * (tile + gap) + gap, label_width + cols * (tile + gap) + gap, 3), 255, np.uint8)
@@ -320,7 +321,7 @@ def class_grid(images: np.ndarray, class_names: list[str], tile: int = 56, label
             image = cv2.resize(images[r, c], (tile, tile), interpolation=cv2.INTER_NEAREST)
             left = label_width + gap + c * (tile + gap)
             canvas[top:top + tile, left:left + tile] = image[..., None] if image.ndim == 2 else image
-    return canvas
+    return canvas[..., 0].copy() if images.shape[-1] == 1 else canvas  # a gray GAN's grid is a gray PNG
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:

@@ -25,6 +25,8 @@ class Config:
     decode: str = "loader"  # "device": workers read bytes, the training process decodes (dataloader/gpu_decode.py)
     batch_size: int = 128
     workers: int = 2
+    extra_train: str | None = None  # another labelled set (folder or CSV) added to train, e.g. GAN-made images
+    extra_weight: float = 1.0
     # model
     model: str = "small_cnn"
     pretrained: str | None = None
@@ -166,6 +168,15 @@ class Config:
     max_body_mb: float = 16.0
     topk: int = 5
     threads: int | None = None
+    # a class-conditional DCGAN and its images (issue 16: applications/gan.py, applications/gan_generate.py)
+    gan: bool = False
+    gan_image_size: int = 32
+    gan_latent: int = 100
+    gan_width: int = 64
+    gan_epochs: int = 25
+    gan_lr: float = 2e-4
+    gan_diversity: float = 1.0
+    gan_generate: int | None = None
     # how to run (never taken from a checkpoint)
     debug: bool = False
     config: str | None = None
@@ -248,6 +259,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _ratio(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -290,6 +308,12 @@ def _data_flags(p: argparse.ArgumentParser, d: Config) -> None:
                    help="train on K-1 folds of a stratified K-fold split of train (fixed by --seed) and validate on "
                         "fold --fold; a val/ folder is not used")
     g.add_argument("--fold", type=int, default=d.fold, metavar="I", help="with --kfold: the held-out fold, 0..K-1")
+    g.add_argument("--extra_train", default=d.extra_train, metavar="DIR_OR_CSV",
+                   help="add another labelled set to the train split (val and test stay as they are): a folder of "
+                        "class folders, or a CSV 'filename,label' (paths relative to the CSV's folder); its class "
+                        "names must be classes of --data. E.g. DATA/gen_dataset/RUN from --gan_generate")
+    g.add_argument("--extra_weight", type=_non_negative_float, default=d.extra_weight, metavar="W",
+                   help="loss weight of each --extra_train image (the main set's images weigh 1)")
 
 
 def _model_flags(p: argparse.ArgumentParser, d: Config) -> None:
@@ -691,6 +715,33 @@ def _repeat_flags(g) -> None:
                         "confidence interval report of their test and val top-1")
 
 
+def _gan_flags(g) -> None:
+    d = Config()
+    g.add_argument("--gan", action="store_true",
+                   help="train a class-conditional DCGAN on the train split of --data (DDP under torchrun like "
+                        "training; -b per process); writes generator.pth and discriminator.pth to "
+                        "CHECKPOINT_DIR/NAME/ every epoch, --resume RUN/generator.pth continues")
+    g.add_argument("--gan_image_size", type=_positive_int, default=d.gan_image_size, metavar="S",
+                   help="square side of the generated images, S0 x 2^k with S0 in 3..8 (28, 32, 64, ...); train "
+                        "images are letterboxed to it. Grayscale or RGB follows the data")
+    g.add_argument("--gan_latent", type=_positive_int, default=d.gan_latent, metavar="Z",
+                   help="noise dimensions of the generator (the label embedding has as many)")
+    g.add_argument("--gan_width", type=_positive_int, default=d.gan_width, metavar="W",
+                   help="channels of the discriminator's first and the generator's last layer (doubling per scale)")
+    g.add_argument("--gan_epochs", type=_positive_int, default=d.gan_epochs, help="epochs of GAN training")
+    g.add_argument("--gan_lr", type=_positive_float, default=d.gan_lr,
+                   help="Adam lr of generator and discriminator (betas 0.5, 0.999 as in DCGAN)")
+    g.add_argument("--gan_diversity", type=_non_negative_float, default=d.gan_diversity, metavar="L",
+                   help="weight of the mode-seeking term (MSGAN) in the generator's loss: two noise vectors of one "
+                        "class must give different images; 0 turns it off")
+
+
+def _gan_generate_flags(g) -> None:
+    g.add_argument("--gan_generate", type=_positive_int, default=None, metavar="N",
+                   help="with --resume RUN/generator.pth: write N images per class to DATA/gen_dataset/RUN/<class>/ "
+                        "(or --output DIR), their list labels.csv and grid.png (one row per class)")
+
+
 # (title, job name, the flags that choose the job, the function adding its flags); main.py maps names to applications
 JOB_GROUPS = (
     ("running (any job)", None, (), _running_flags),
@@ -711,6 +762,9 @@ JOB_GROUPS = (
      _visual_flags),
     ("repeat with seeds: --repeat N", "repeat", ("repeat",), _repeat_flags),
     ("serve: --serve MODEL_OR_DEPLOY_JSON", "serve", ("serve",), _serve_flags),
+    ("class-conditional DCGAN: --gan", "gan", ("gan",), _gan_flags),
+    ("generated images: --gan_generate N --resume GENERATOR", "gan_generate", ("gan_generate",),
+     _gan_generate_flags),
 )
 
 

@@ -17,6 +17,9 @@
     python main.py --data DATA --mean_teacher --unlabeled UNLABELLED --consistency_weight 10
     python main.py --data data/digits --repeat 3                 # 3 seeds: mean, std, 95% confidence interval
     python main.py --print_config --resume RUN/best.pth          # the resolved config as YAML
+    python main.py --gan --data data/fmnist --gan_image_size 28  # class-conditional DCGAN: RUN/generator.pth
+    python main.py --gan_generate 1000 --resume RUN/generator.pth  # DATA/gen_dataset/RUN/<class>/, labels.csv
+    python main.py --data data/fmnist --extra_train data/fmnist/gen_dataset/RUN --extra_weight 0.5
 
 Each application module has ``check(cfg)`` (its cross-flag rules, before any work) and ``run(cfg, explicit)``.
 """
@@ -44,6 +47,8 @@ APPLICATIONS = {  # job name (config.JOB_GROUPS) -> module; imported only when c
     "pseudo_label": "applications.pseudo_label",
     "repeat": "applications.repeat",
     "serve": "applications.serve",
+    "gan": "applications.gan",
+    "gan_generate": "applications.gan_generate",
 }
 
 

@@ -312,6 +312,8 @@ class DataSplits:
     test: ImageClassificationDataset | None
     class_names: list[str]
     val_source: str = "none"  # 'folder', 'csv', 'stratified ... of train' or 'none'
+    train_weights: np.ndarray | None = None  # per train index loss weight (--extra_train images: W); None: all 1
+    extra_count: int = 0  # how many train images came from --extra_train (the last ones)
 
 
 def build_datasets(
@@ -323,21 +325,53 @@ def build_datasets(
     seed: int,
     kfold: int | None = None,
     fold: int = 0,
+    extra_train: str | os.PathLike | None = None,
+    extra_weight: float = 1.0,
 ) -> DataSplits:
     """Discover train/val/test under `data_root` and build their datasets (augmentation on train only).
 
     Without a val split, `val_ratio` of train (stratified, fixed by `seed`) becomes val; 0 means no val. With
-    `kfold`, val is fold `fold` of a stratified K-fold split of train and train the other folds.
+    `kfold`, val is fold `fold` of a stratified K-fold split of train and train the other folds. `extra_train`
+    (a folder of class folders or a CSV list, see `read_extra_set`) is appended to train after val was carved,
+    each of its images with the loss weight `extra_weight` (`DataSplits.train_weights`).
     """
     splits, class_names, val_source = _discover_all(os.fspath(data_root), val_ratio, seed, kfold, fold)
+    extra = read_extra_set(extra_train, class_names) if extra_train is not None else []
+    weights = None
+    if extra:
+        weights = np.concatenate([np.ones(len(splits["train"])), np.full(len(extra), float(extra_weight))])
     make = {"class_names": class_names, "image_size": image_size, "seed": seed}
     return DataSplits(
-        train=_make_dataset(splits["train"], aug=aug, **make),
+        train=_make_dataset(splits["train"] + extra, aug=aug, **make),
         val=_make_dataset(splits["val"], **make) if splits["val"] else None,
         test=_make_dataset(splits["test"], **make) if splits["test"] else None,
         class_names=class_names,
         val_source=val_source,
+        train_weights=weights.astype(np.float32) if weights is not None else None,
+        extra_count=len(extra),
     )
+
+
+def read_extra_set(source: str | os.PathLike, class_names: list[str]) -> list[Sample]:
+    """The samples of another labelled set (``--extra_train``): a folder of class folders (as train/), or a CSV
+    with header `filename,label` whose filenames are relative to the CSV's folder. Every label must be one of
+    ``class_names`` (the main set's); a set may leave classes out."""
+    path = os.path.abspath(os.fspath(source))
+    if os.path.isdir(path):
+        samples = _scan_folder(path, "train")
+    elif os.path.isfile(path) and path.lower().endswith(".csv"):
+        samples = _read_csv(path, os.path.dirname(path))
+    else:
+        raise FileNotFoundError(f"--extra_train {source}: expected a folder of class folders or a .csv list "
+                                "(filename,label)")
+    if not samples:
+        raise DataError(f"--extra_train {source}: no images in its class folders")
+    unknown = sorted({label for _, label in samples} - set(class_names))
+    if unknown:
+        raise DataError(f"--extra_train {source} has classes the main set does not have: {unknown[:5]} "
+                        f"({len(unknown)} in all); the main set's classes are {class_names[:10]}"
+                        f"{'...' if len(class_names) > 10 else ''}. Rename them to match")
+    return samples
 
 
 def build_split_dataset(

@@ -27,9 +27,11 @@ def preprocessing_of(cfg: Config) -> Preprocessing:
 
 
 def datasets_of(cfg: Config) -> DataSplits:
-    """train / val / test of ``cfg.data`` with the train augmentation, carved by val ratio, seed and K-fold."""
+    """train / val / test of ``cfg.data`` with the train augmentation, carved by val ratio, seed and K-fold; train
+    extended by ``--extra_train`` (weighted by ``--extra_weight``)."""
     return build_datasets(cfg.data, image_size=tuple(cfg.image_size), aug=cfg.aug, val_ratio=cfg.val_ratio,
-                          seed=cfg.seed, kfold=cfg.kfold, fold=cfg.fold)
+                          seed=cfg.seed, kfold=cfg.kfold, fold=cfg.fold, extra_train=cfg.extra_train,
+                          extra_weight=cfg.extra_weight)
 
 
 def split_dataset_of(cfg: Config, split: str, class_names: list[str]):

@@ -28,18 +28,24 @@ from utils.logger import get_logger
 
 
 class TrainingLoss:
-    """``loss(logits, targets, inputs, indices, epoch)``; see the module docstring."""
+    """``loss(logits, targets, inputs, indices, epoch)``; see the module docstring. ``sample_weights`` (one per
+    training index, e.g. ``--extra_weight`` for the ``--extra_train`` images) multiply the per-sample weight."""
 
     def __init__(self, criterion: torch.nn.Module, *, teacher=None, alpha: float = 0.5, temperature: float = 4.0,
-                 curriculum: CurriculumWeights | None = None, pseudo: PseudoTargets | None = None) -> None:
+                 curriculum: CurriculumWeights | None = None, pseudo: PseudoTargets | None = None,
+                 sample_weights: torch.Tensor | None = None) -> None:
         self.criterion, self.teacher, self.curriculum, self.pseudo = criterion, teacher, curriculum, pseudo
         self.alpha, self.temperature = alpha, temperature
+        self.sample_weights = sample_weights
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, indices: torch.Tensor,
                  epoch: int) -> torch.Tensor:
         weight = self.curriculum(indices, epoch) if self.curriculum is not None else None
         if self.pseudo is not None:
             targets, weight = self.pseudo(targets, indices)
+        if self.sample_weights is not None:
+            extra = self.sample_weights[indices.to(self.sample_weights.device)]
+            weight = extra if weight is None else weight * extra
         if self.teacher is None:
             return self.criterion(logits, targets, weight)
         return distillation_loss(logits, targets, self.teacher(inputs, indices), self.criterion, alpha=self.alpha,
@@ -47,12 +53,20 @@ class TrainingLoss:
 
 
 def training_loss_from_config(cfg: Config, criterion: torch.nn.Module, train_set: ImageClassificationDataset,
-                              device: torch.device, pseudo: PseudoTargets | None = None) -> TrainingLoss:
+                              device: torch.device, pseudo: PseudoTargets | None = None, *,
+                              sample_weights: np.ndarray | None = None) -> TrainingLoss:
     """The step loss for the flags: --distill / --teacher and --curriculum_learning on top of the criterion;
-    ``pseudo``: the targets and weights of pseudo-labelled images appended to ``train_set`` (--pseudo_label)."""
+    ``pseudo``: the targets and weights of pseudo-labelled images appended to ``train_set`` (--pseudo_label);
+    per-image ``sample_weights`` (--extra_weight)."""
     if pseudo is not None and (cfg.curriculum_learning or cfg.distill):
         raise ValueError("--pseudo_label adds images that --curriculum_learning / --distill files do not list; "
                          "use a live teacher (--teacher/--teacher_ckpt) or drop the pseudo-labels")
+    if pseudo is not None and sample_weights is not None:
+        raise ValueError("--pseudo_label and --extra_train both append images to the train split; pseudo-label "
+                         "with the extra images already in the data (a train.csv listing both), or drop one")
+    if sample_weights is not None and (cfg.curriculum_learning or cfg.distill):
+        raise ValueError("--extra_train adds images that DATA/curriculum.txt and the knowledge files do not list; "
+                         "drop --curriculum_learning/--distill, or use a live teacher (--teacher/--teacher_ckpt)")
     curriculum = None
     # every image under the data root, to tell stale curriculum / knowledge lines from images of another split
     known_paths = all_image_paths(cfg) if cfg.curriculum_learning or cfg.distill else None
@@ -66,8 +80,9 @@ def training_loss_from_config(cfg: Config, criterion: torch.nn.Module, train_set
     elif cfg.curriculum_pacing:
         raise ValueError("--curriculum_pacing paces --curriculum_learning; add --curriculum_learning")
     teacher = build_teacher(cfg, train_set, device, known_paths=known_paths)
+    weights = torch.from_numpy(sample_weights).to(device) if sample_weights is not None else None
     return TrainingLoss(criterion, teacher=teacher, alpha=cfg.distill_alpha, temperature=cfg.distill_T,
-                        curriculum=curriculum, pseudo=pseudo)
+                        curriculum=curriculum, pseudo=pseudo, sample_weights=weights)
 
 
 class CurriculumWeights:

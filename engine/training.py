@@ -148,7 +148,8 @@ def build_training_run(job: Job, pseudo: PseudoLabels | None = None) -> Training
     pseudo_targets = (PseudoTargets(len(splits.train) - len(pseudo.files), cfg.pseudo_weight,
                                     pseudo.probs if cfg.pseudo_targets == "soft" else None, info.device)
                       if pseudo is not None else None)
-    step_loss = training_loss_from_config(cfg, criterion, splits.train, info.device, pseudo_targets)
+    step_loss = training_loss_from_config(cfg, criterion, splits.train, info.device, pseudo_targets,
+                                          sample_weights=splits.train_weights)
     averaged = cfg.ema or cfg.mean_teacher  # the mean teacher is the run's EMA
     run = TrainingRun(cfg, info, splits.class_names, splits, train_loader, val_loader, preprocessing_of(cfg), model,
                       model, optimizer, scheduler, scaler, criterion, step_loss,
@@ -184,6 +185,9 @@ def build_data(cfg: Config, info: DistInfo, log,
         raise UsageError(f"--num_classes {cfg.num_classes} but {cfg.data} has {len(class_names)} classes "
                          f"({', '.join(class_names[:10])}...); drop --num_classes or fix the data")
     cfg.num_classes = len(class_names)
+    if splits.extra_count:
+        log.info("--extra_train %s: %d images added to the %d of train, loss weight %g", cfg.extra_train,
+                 splits.extra_count, len(splits.train) - splits.extra_count, cfg.extra_weight)
     if cfg.decode == "device":  # workers only read the files; to_model_input decodes each batch on the device
         splits = encode_splits(splits, cache_images=cfg.cache_images)
     if splits.val is None:

@@ -131,7 +131,12 @@ def test_every_flag_is_exercised_somewhere():
                          # tests/test_semi_supervised.py (pseudo-label rounds and file, mean teacher, both under torchrun)
                          "pseudo_label", "pseudo_threshold", "pseudo_rounds", "pseudo_targets", "pseudo_weight",
                          "mean_teacher", "unlabeled", "unlabeled_batch_size", "consistency_weight",
-                         "consistency_rampup", "mean_teacher_decay"}
+                         "consistency_rampup", "mean_teacher_decay",
+                         # tests/test_gan.py (a conditional DCGAN on one and two processes, its image sets, and
+                         # training with another labelled set)
+                         "gan", "gan_image_size", "gan_latent", "gan_width", "gan_epochs", "gan_lr", "gan_diversity",
+                         "gan_generate",
+                         "extra_train", "extra_weight"}
     flags_here = {a.lstrip("-").removeprefix("no-") for flags, _ in FLAG_SETS.values() for a in flags
                   if a.startswith("--")}
     dests = {a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"}

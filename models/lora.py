@@ -22,11 +22,13 @@ ADAPTER_MARK = ".lora_"  # every adapter tensor's name holds it: conv1.lora_A.de
 
 def adaptable_layers(model: nn.Module) -> list[str]:
     """Names of the layers peft's LoRA can adapt here: Linear and non-grouped Conv2d, the classifier excluded (it
-    trains in full)."""
+    trains in full), and so is nn.MultiheadAttention's out_proj."""
     head = find_classifier_name(model)
+    # nn.MultiheadAttention reads out_proj.weight itself (torchvision's ViT): an adapter there would be bypassed.
+    inside_attention = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     return [name for name, m in model.named_modules()
             if (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1))
-            and name != head and not name.startswith(head + ".")]
+            and id(m) not in inside_attention and name != head and not name.startswith(head + ".")]
 
 
 def default_lora_targets(model: nn.Module) -> list[str]:

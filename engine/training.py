@@ -175,8 +175,8 @@ def build_training_run(job: Job) -> TrainingRun:
     if cfg.sync_bn and info.is_distributed:
         run.model = convert_sync_batchnorm(run.model, info.device)
     run.freezer, run.saved_keys = freezer_of(cfg, run.model)
-    log_parameter_counts(run.model, log)
     run.freezer.set_epoch(run.start_epoch)  # before wrapping: DDP hooks only the parameters that require grad now
+    log_parameter_counts(run.model, log)
     run.ddp_model = maybe_compile(wrap_ddp(run.model, info), run.model, cfg, info, log)
     log.info("run %s: %s, %d classes, train %d / val %d images, world size %d on %s", cfg.name, cfg.model,
              cfg.num_classes, len(splits.train), len(splits.val or ()), info.world_size, info.device)
@@ -200,7 +200,8 @@ def freezer_of(cfg: Config, model: torch.nn.Module) -> tuple[BackboneFreezer | P
 
 
 def log_parameter_counts(model: torch.nn.Module, log) -> None:
-    """The log line with the total and trainable parameter counts (seed 003 prints them for LoRA)."""
+    """The log line with the total and trainable parameter counts (seed 003 prints them for LoRA); with --freeze N
+    the count of the epoch the run starts in (the head alone while frozen)."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("parameters: %s total, %s trainable (%.2f%%)", f"{total:,}", f"{trainable:,}", 100.0 * trainable / total)

@@ -236,5 +236,8 @@ def test_freeze_stages_trains_only_the_deep_stages_of_resnet18(tiny_digits, tmp_
         frozen = key.startswith(("conv1.", "bn1.", "layer1.", "layer2."))
         if frozen or "num_batches_tracked" not in key:
             assert torch.equal(after[key], start[key]) == frozen, f"{key}: frozen {frozen}"
+    trained = sum(p.numel() for n, p in build_model("resnet18", num_classes=10).named_parameters()
+                  if n in start["trainable"])
+    assert f"total, {trained:,} trainable" in (tmp_path / "ck/stages/train.log").read_text()
     ckpt = load_checkpoint(tmp_path / "ck/stages/last.pth")
     assert ckpt.base is None and set(ckpt.model) == set(start) - {"trainable"}  # the whole model is stored

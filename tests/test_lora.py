@@ -150,7 +150,7 @@ def test_resume_from_a_lora_checkpoint_equals_an_uninterrupted_run(lora_run, tin
         assert torch.equal(tensor, split.model[key]), f"{key} differs after resume"
 
 
-def test_evaluation_and_torchscript_export_use_the_merged_model(lora_run, tiny_digits, tmp_path):
+def test_evaluation_torchscript_and_onnx_use_the_merged_model(lora_run, tiny_digits, tmp_path):
     best = lora_run / "ck/lora/best.pth"
     report = entry.run_command(["--evaluation", "--resume", str(best), "-j", "0", "--split", "val", "--output",
                                 str(tmp_path / "ev")])
@@ -166,6 +166,20 @@ def test_evaluation_and_torchscript_export_use_the_merged_model(lora_run, tiny_d
         expected = torch.softmax(unmerged.eval()(normalize_on_device(batch, pre.mean, pre.std)), dim=1)
         exported = torch.jit.load(str(tmp_path / "m.pt"))(batch)
     torch.testing.assert_close(exported, expected, atol=1e-5, rtol=1e-4)
+    import onnxruntime
+
+    entry.run_command(["--onnx", "--resume", str(best), "-j", "0", "--output", str(tmp_path / "m.onnx")])
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_probs,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
+    torch.testing.assert_close(torch.from_numpy(onnx_probs), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_lora_checkpoint_is_refused_as_pretrained_weights(lora_run):
+    from models.pretrained import read_state_dict
+    from utils.errors import DataError
+
+    with pytest.raises(DataError, match="is a LoRA checkpoint holding adapters and head only"):
+        read_state_dict(lora_run / "ck/lora/best.pth")
 
 
 def test_a_moved_base_file_is_one_error_line(lora_run, tmp_path, capsys):

@@ -19,6 +19,7 @@ from models import build_model
 from models.lora import (ADAPTER_MARK, add_lora, default_lora_targets, load_adapter_state, merge_lora, model_stages,
                          resolve_lora_targets, stage_trainable)
 from utils.checkpoint import load_checkpoint
+from utils.errors import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +181,19 @@ def test_a_lora_checkpoint_is_refused_as_pretrained_weights(lora_run):
 
     with pytest.raises(DataError, match="is a LoRA checkpoint holding adapters and head only"):
         read_state_dict(lora_run / "ck/lora/best.pth")
+
+
+def test_averaged_lora_checkpoints_evaluate_and_refuse_update_bn(lora_run, tmp_path):
+    run = lora_run / "ck/lora"
+    out = entry.run_command(["--average", str(run / "best.pth"), str(run / "last.pth"), "--output",
+                             str(tmp_path / "avg.pth"), "-j", "0"])
+    averaged = load_checkpoint(out)
+    assert averaged.base == load_checkpoint(run / "last.pth").base and set(averaged.model) == set(averaged.train_model)
+    report = entry.run_command(["--evaluation", "--resume", str(out), "-j", "0", "--output", str(tmp_path / "ev")])
+    assert 0 <= report["top1"] <= 100
+    with pytest.raises(UsageError, match="--update_bn: .* is a LoRA checkpoint"):
+        entry.run_command(["--average", str(run / "best.pth"), str(run / "last.pth"), "--update_bn", "-j", "0",
+                           "--output", str(tmp_path / "avg2.pth")])
 
 
 def test_a_moved_base_file_is_one_error_line(lora_run, tmp_path, capsys):

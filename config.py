@@ -79,6 +79,12 @@ class Config:
     lr_scale_batch: int | None = None
     backbone_lr_scale: float = 1.0
     freeze: int = 0
+    # fine-tuning part of a pretrained model (models/lora.py): stages or LoRA adapters
+    freeze_stages: int | None = None
+    lora: int | None = None
+    lora_alpha: float | None = None  # None: 2 x rank; training stores the resolved value
+    lora_dropout: float = 0.0
+    lora_targets: list[str] | None = None  # None: the model family's default; training stores the resolved names
     restart_epochs: int = 10
     restart_mult: float = 2.0
     restart_decay: float = 1.0
@@ -376,6 +382,23 @@ def _optimisation_flags(p: argparse.ArgumentParser, d: Config) -> None:
                         "too), then everything")
 
 
+def _finetuning_flags(p: argparse.ArgumentParser, d: Config) -> None:
+    g = p.add_argument_group("fine-tuning part of a --pretrained model (whole-backbone freezing: --freeze)")
+    g.add_argument("--freeze_stages", type=_positive_int, default=d.freeze_stages, metavar="K",
+                   help="freeze the stem and the first K stages (layer1.., timm's stages/blocks, features) for the "
+                        "whole run, their BatchNorm statistics included; the deeper stages and the head train")
+    g.add_argument("--lora", type=_positive_int, default=d.lora, metavar="R",
+                   help="LoRA (peft): freeze the --pretrained model and train rank-R adapters plus the whole head; "
+                        "checkpoints hold only those, exports merge them into the weights")
+    g.add_argument("--lora_alpha", type=_positive_float, default=d.lora_alpha, metavar="A",
+                   help="LoRA scaling: the update is B A x A / R (unset: 2 x R)")
+    g.add_argument("--lora_dropout", type=_ratio, default=d.lora_dropout, metavar="P",
+                   help="dropout on the adapters' input")
+    g.add_argument("--lora_targets", nargs="+", default=d.lora_targets, metavar="PATTERN",
+                   help="layers to adapt, fnmatch patterns over module names (e.g. 'layer4.*' '*.qkv'); unset: "
+                        "attention qkv for transformers (timm ViT), every Conv2d and Linear but the head for CNNs")
+
+
 def _schedule_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g = p.add_argument_group("learning-rate schedule")
     g.add_argument("--lr_schedule", default=d.lr_schedule,
@@ -534,8 +557,8 @@ def _bookkeeping_flags(p: argparse.ArgumentParser, d: Config) -> None:
                    help="also keep the checkpoints of the last K epochs as epoch_NNN.pth (for --average_last)")
 
 
-RECIPE_GROUPS = (_data_flags, _model_flags, _optimisation_flags, _schedule_flags, _loss_flags, _augmentation_flags,
-                 _tricks_flags, _distillation_flags, _semi_supervised_flags, _bookkeeping_flags)
+RECIPE_GROUPS = (_data_flags, _model_flags, _optimisation_flags, _finetuning_flags, _schedule_flags, _loss_flags,
+                 _augmentation_flags, _tricks_flags, _distillation_flags, _semi_supervised_flags, _bookkeeping_flags)
 
 
 # --- how to run, and the jobs: runtime flags, never taken from a checkpoint ----------------------------------------

@@ -82,6 +82,9 @@ def run(cfg: Config, explicit: set[str]) -> Path:
             if ckpt.config["model"] != ckpts[0].config["model"] or ckpt.class_names != ckpts[0].class_names:
                 raise UsageError(f"{name} ({ckpt.config['model']}) and {names[0]} ({ckpts[0].config['model']}) are "
                                  "not the same model and classes; average checkpoints of one run")
+        if cfg.update_bn and ckpts[0].base is not None:
+            raise UsageError(f"--update_bn: {names[0]} is a LoRA checkpoint, whose BatchNorm statistics are the "
+                             "frozen base's (only adapters and head are stored); drop --update_bn")
         averaged = average_state_dicts([c.model for c in ckpts], names)
         # the last checkpoint's config, with the flags typed now (data, batch size, device for --update_bn)
         cfg, base = resolve_config(cfg, explicit, path=str(paths[-1]))

@@ -2,12 +2,16 @@
 
     python -m dataloader.prepare digits --out data/digits [--limit N] [--seed S] [--val_ratio R] [--image_size S]
     python -m dataloader.prepare fashion-mnist --out data/fashion-mnist [--source DIR] [--limit N]
+    python -m dataloader.prepare fashion-mnist --out data/fmnist_5to9_n50 --classes 5 6 7 8 9 --train_per_class 50
 
 digits: sklearn's bundled 8x8 digits (1,797 images, no download), upscaled (default 32x32), stratified
 70/15/15 train/val/test (val_ratio is used for both val and test). fashion-mnist: the gzipped IDX files the
 Debian package `dataset-fashion-mnist` installs in /usr/share/datasets/fashion-mnist; the official test set is
 `test`, a stratified val_ratio (default 10%) of train is `val` (`--val_ratio 0`: all 60,000 in `train` and no
 `val`, for a final model trained on all labelled data); images stay 28x28 unless --image_size is given.
+
+``--classes`` keeps some classes only (a transfer task: pretrain on five, fine-tune on the other five);
+``--train_per_class N`` keeps N training images per class (balanced_order, fixed by --seed) and val and test whole.
 
 Idempotent: OUT/prepare.json (written last, atomically) records the parameters; a rerun with the same
 parameters on a complete copy does nothing. Files are written to OUT/.prepare-tmp first and moved into place.
@@ -150,6 +154,31 @@ def _write_split(split_dir: str, split: Split, class_names: tuple[str, ...], lim
     return len(order)
 
 
+def select_classes(splits: dict[str, Split], class_names: tuple[str, ...], classes: list[int] | None,
+                   train_per_class: int | None, seed: int) -> tuple[dict[str, Split], tuple[str, ...]]:
+    """Only the images of ``classes`` (labels renumbered 0..k-1 in that order), and at most ``train_per_class``
+    training images per class; val and test stay whole."""
+    if classes is not None:
+        if not all(0 <= c < len(class_names) for c in classes) or len(set(classes)) != len(classes):
+            raise ValueError(f"--classes takes distinct class indices 0..{len(class_names) - 1}, got {classes}")
+        renumber = np.full(len(class_names), -1)
+        renumber[classes] = np.arange(len(classes))
+        kept = {}
+        for name, (images, labels, ids) in splits.items():
+            keep = renumber[labels] >= 0
+            kept[name] = (images[keep], renumber[labels[keep]], ids[keep])
+        splits = kept
+        class_names = tuple(class_names[c] for c in classes)
+    if train_per_class is not None:
+        if train_per_class <= 0:
+            raise ValueError(f"--train_per_class must be positive, got {train_per_class}")
+        images, labels, ids = splits["train"]
+        order = balanced_order(labels, seed)
+        keep = np.sort(np.concatenate([order[labels[order] == c][:train_per_class] for c in range(len(class_names))]))
+        splits = {**splits, "train": (images[keep], labels[keep], ids[keep])}
+    return splits, class_names
+
+
 def _count_pngs(split_dir: str) -> int:
     return sum(f.endswith(".png") for _, _, files in os.walk(split_dir) for f in files)
 
@@ -182,6 +211,8 @@ def prepare_dataset(
     seed: int = 0,
     val_ratio: float | None = None,
     image_size: int | None = None,
+    classes: list[int] | None = None,
+    train_per_class: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Write data set `name` into `out` (skipped when already complete with these parameters); returns the manifest."""
@@ -198,6 +229,8 @@ def prepare_dataset(
     source = os.path.abspath(source or defaults["source"]) if defaults["source"] else None
     params = {"dataset": name, "limit": limit, "seed": seed, "val_ratio": val_ratio,
               "image_size": image_size or defaults["image_size"], "source": source}
+    if classes is not None or train_per_class is not None:  # absent otherwise: earlier copies stay complete
+        params.update(classes=classes, train_per_class=train_per_class)
     out = os.path.abspath(out)
     if _is_complete(out, params):
         log(f"{out} already holds {name} prepared with the same parameters ({MANIFEST}); nothing to do")
@@ -207,7 +240,7 @@ def prepare_dataset(
 
     start = time.perf_counter()
     splits = defaults["load"](source=source, seed=seed, val_ratio=val_ratio, image_size=params["image_size"])
-    class_names = defaults["class_names"]
+    splits, class_names = select_classes(splits, defaults["class_names"], classes, train_per_class, seed)
     tmp_root = os.path.join(out, ".prepare-tmp")
     shutil.rmtree(tmp_root, ignore_errors=True)  # leftovers of an interrupted run are ours to remove
     written = [s for s in SPLITS if len(splits[s][1])]  # --val_ratio 0: no val folder at all
@@ -254,10 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val_ratio", type=float, default=None,
                         help="digits: 0.15 (val and test); fmnist: 0.1 (0: no val split)")
     parser.add_argument("--image_size", type=int, default=None, help="square side in pixels (digits 32, fmnist 28)")
+    parser.add_argument("--classes", type=int, nargs="+", default=None, metavar="I",
+                        help="keep only these class indices (e.g. 0 1 2 3 4), in this order")
+    parser.add_argument("--train_per_class", type=int, default=None, metavar="N",
+                        help="keep N training images per class (chosen by --seed); val and test stay whole")
     args = parser.parse_args(argv)
     try:
         prepare_dataset(args.dataset, out=args.out, limit=args.limit, source=args.source, seed=args.seed,
-                        val_ratio=args.val_ratio, image_size=args.image_size)
+                        val_ratio=args.val_ratio, image_size=args.image_size, classes=args.classes,
+                        train_per_class=args.train_per_class)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

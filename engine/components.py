@@ -15,8 +15,9 @@ from dataloader.mix import BatchAugment, build_batch_augment
 from dataloader.preprocess import Preprocessing
 from models import build_model
 from models.heads import find_classifier_name
+from models.lora import add_lora, base_gaps, load_adapter_state, merge_lora, resolve_lora_targets
 from optim import Scheduler, build_optimizer, build_scheduler, param_groups, scale_lr_by_batch
-from utils.checkpoint import Checkpoint
+from utils.checkpoint import Checkpoint, file_sha256
 from utils.distributed import DistInfo
 from utils.errors import DataError, UsageError
 from utils.logger import get_logger
@@ -71,7 +72,11 @@ def model_options(cfg: Config) -> dict:
 def new_model(cfg: Config, *, pretrained: bool = True, train_targets=None,
               class_names: list[str] | None = None) -> torch.nn.Module:
     """The network of a new run (``--pretrained`` weights when given and ``pretrained``); --prior_bias 'freq' and
-    a priors file read the train split's targets and class names."""
+    a priors file read the train split's targets and class names. With ``--lora`` the base always comes from
+    ``--pretrained`` (LoRA checkpoints do not hold it) and carries the adapters; the resolved ``--lora_targets`` go
+    into ``cfg``."""
+    if cfg.lora:
+        return lora_model(cfg, base=cfg.pretrained, num_classes=cfg.num_classes)
     return build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained if pretrained else None,
                        prior_bias=class_priors(cfg.prior_bias, train_targets, class_names), **model_options(cfg))
 
@@ -108,12 +113,55 @@ def read_priors(path: str, class_names: list[str]) -> list[float | None]:
     return priors
 
 
+def lora_model(cfg: Config, *, base: str, num_classes: int) -> torch.nn.Module:
+    """The base weights of ``base`` with ``cfg``'s LoRA adapters (lora_B zero: it computes what the base does); only
+    the adapters and the head require grad, so the optimizer holds (and checkpoints its state for) those alone."""
+    model = build_model(cfg.model, num_classes=num_classes, pretrained=base, prior_bias=cfg.prior_bias,
+                        **model_options(cfg))
+    head = find_classifier_name(model)
+    if gaps := base_gaps(model, base, head):
+        raise UsageError(f"--lora: --pretrained {base} does not hold {len(gaps)} tensor(s) of {cfg.model}'s backbone "
+                         f"(e.g. {', '.join(gaps[:3])}); LoRA checkpoints store only adapters and head, so the base "
+                         "must come whole from that file")
+    try:
+        cfg.lora_targets = resolve_lora_targets(model, cfg.lora_targets, cfg.model)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    model = add_lora(model, rank=cfg.lora, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets)
+    model.get_submodule(head).requires_grad_(True)  # trained in full (peft's modules_to_save), so in the optimizer
+    return model
+
+
+def base_reference(path: str) -> dict:
+    """How a LoRA checkpoint names its base weights: the file's absolute path and sha256."""
+    return {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+
+
+def checked_base(ckpt: Checkpoint, flag: str = "--resume") -> str:
+    """The base weights file of a LoRA checkpoint, checked to be the one it was trained on."""
+    path = ckpt.base["path"]
+    why = ("is missing" if not Path(path).is_file() else
+           "changed since training" if file_sha256(path) != ckpt.base["sha256"] else None)
+    if why:
+        raise UsageError(f"{flag}: this LoRA checkpoint stores adapters only and its base weights {path} {why}; "
+                         "put that file back (sha256 " + ckpt.base["sha256"][:12] + "...) or use an export "
+                         "(--jit/--onnx) made where it exists, which holds the merged weights")
+    return path
+
+
 def model_from_checkpoint(ckpt: Checkpoint, cfg: Config, device: torch.device,
                           weights: dict | None = None) -> torch.nn.Module:
     """Rebuild the trained network of a checkpoint (no pretrained download; ``weights`` or the checkpoint's own),
-    in eval mode on ``device``, channels_last when the config says so."""
-    model = build_model(cfg.model, num_classes=len(ckpt.class_names), **model_options(cfg))
-    model.load_state_dict(ckpt.model if weights is None else weights)
+    in eval mode on ``device``, channels_last when the config says so. A LoRA checkpoint comes back merged: its
+    base file plus the adapters folded into the weights, a plain model of the original architecture."""
+    weights = ckpt.model if weights is None else weights
+    if ckpt.base is not None:
+        model = lora_model(cfg, base=checked_base(ckpt), num_classes=len(ckpt.class_names))
+        load_adapter_state(model, weights)
+        model = merge_lora(model)
+    else:
+        model = build_model(cfg.model, num_classes=len(ckpt.class_names), **model_options(cfg))
+        model.load_state_dict(weights)
     model = model.to(device).eval()
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 

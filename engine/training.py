@@ -21,8 +21,8 @@ from config import Config
 from criterions import resolve_head
 from dataloader import DataSplits, Preprocessing, encode_splits, hard_labels
 from dataloader.unlabelled import with_extra_samples
-from engine.components import (batch_augment_of, criterion_from_config, datasets_of, loader_for, new_model,
-                               optimizer_from_config, preprocessing_of, scheduler_from_config)
+from engine.components import (base_reference, batch_augment_of, criterion_from_config, datasets_of, loader_for,
+                               new_model, optimizer_from_config, preprocessing_of, scheduler_from_config)
 from engine.device import autocast, scores_to_probs, to_model_input
 from engine.inference import predict_logits
 from engine.job import Job, default_run_name, open_job, run_dir, seed_everything
@@ -30,8 +30,9 @@ from engine.objective import PseudoTargets, TrainingLoss, training_loss_from_con
 from engine.preemption import StepControl
 from engine.semi import MeanTeacher, PseudoLabels, mean_teacher_from_config, state_checksum
 from models.heads import find_classifier_name
+from models.lora import adapter_keys, load_adapter_state, stage_trainable
 from models.registry import batchnorm_lag_warning
-from optim import BackboneFreezer, Scheduler
+from optim import BackboneFreezer, PartialFreezer, Scheduler
 from optim.averaging import build_ema, build_swa, swa_start_epoch, update_bn
 from utils.checkpoint import (Checkpoint, capture_rng_state, keep_epoch_checkpoint, load_checkpoint,
                               restore_rng_state, save_checkpoint)
@@ -55,6 +56,26 @@ def check_recipe(cfg: Config) -> None:
                                ("--warmup", cfg.warmup, 0), ("--image_size", min(cfg.image_size), 1)):
         if value < least:
             raise UsageError(f"{name} must be >= {least}, got {value}")
+    check_finetuning(cfg)
+
+
+def check_finetuning(cfg: Config) -> None:
+    """--lora and --freeze_stages: what they need and what they do not combine with; --lora_alpha resolved."""
+    if not cfg.lora and not cfg.freeze_stages:
+        return
+    if cfg.lora and cfg.freeze_stages:
+        raise UsageError("choose one of --lora R and --freeze_stages K")
+    flag = "--lora" if cfg.lora else "--freeze_stages"
+    clashes = {"--freeze": cfg.freeze > 0, "--ema": cfg.lora and cfg.ema, "--swa": cfg.lora and cfg.swa}
+    for other, used in clashes.items():
+        if used:
+            raise UsageError(f"{flag} freezes part of the model for the whole run and does not combine with {other}; "
+                             f"drop one of them")
+    if cfg.lora and not cfg.pretrained:
+        raise UsageError("--lora adapts pretrained weights: add --pretrained FILE (a state dict, or the best.pth of a "
+                         "run on related data)")
+    if cfg.lora and cfg.lora_alpha is None:
+        cfg.lora_alpha = 2.0 * cfg.lora  # stored resolved, so a resumed run and the exports scale alike
 
 
 @dataclass
@@ -78,8 +99,10 @@ class TrainingRun:
     ema: object | None
     swa: object | None
     swa_start: int | None
-    freezer: BackboneFreezer
+    freezer: BackboneFreezer | PartialFreezer
     mean_teacher: MeanTeacher | None = None  # --mean_teacher: the unlabelled batches and consistency term
+    base: dict | None = None  # LoRA: the base weights file the checkpoints name (Checkpoint.base)
+    saved_keys: set[str] | None = None  # LoRA: the state-dict keys checkpoints hold (adapters + head); None: all
     start_epoch: int = 0
     best_top1: float = -1.0
     best_epoch: int = -1
@@ -157,7 +180,7 @@ def build_training_run(job: Job, pseudo: PseudoLabels | None = None) -> Training
                       if averaged else None,
                       swa=build_swa(model) if cfg.swa else None,
                       swa_start=swa_start_epoch(cfg.epochs, cfg.swa_epochs) if cfg.swa else None,
-                      freezer=None)
+                      freezer=None, base=base_reference(cfg.pretrained) if cfg.lora else None)
     run.mean_teacher = mean_teacher_from_config(cfg, splits.class_names, info, run.ema, run.preprocessing)
     if ckpt is not None:
         restore_training_state(run, ckpt)
@@ -165,12 +188,37 @@ def build_training_run(job: Job, pseudo: PseudoLabels | None = None) -> Training
                  f", after its batch {run.start_batch}" if run.start_batch else "", run.best_top1)
     if cfg.sync_bn and info.is_distributed:
         run.model = convert_sync_batchnorm(run.model, info.device)
-    run.freezer = BackboneFreezer(run.model, head=find_classifier_name(run.model), epochs=cfg.freeze)
+    run.freezer, run.saved_keys = freezer_of(cfg, run.model)
     run.freezer.set_epoch(run.start_epoch)  # before wrapping: DDP hooks only the parameters that require grad now
+    log_parameter_counts(run.model, log)
     run.ddp_model = maybe_compile(wrap_ddp(run.model, info), run.model, cfg, info, log)
     log.info("run %s: %s, %d classes, train %d / val %d images, world size %d on %s", cfg.name, cfg.model,
              cfg.num_classes, len(splits.train), len(splits.val or ()), info.world_size, info.device)
     return run
+
+
+def freezer_of(cfg: Config, model: torch.nn.Module) -> tuple[BackboneFreezer | PartialFreezer, set[str] | None]:
+    """What trains: everything (after --freeze N head-only epochs), the deep stages and head (--freeze_stages K) or
+    the adapters and head (--lora R). Also the state-dict keys checkpoints hold (None: all of them)."""
+    head = find_classifier_name(model)
+    if cfg.lora:
+        keys = adapter_keys(model, head)
+        return PartialFreezer(model, trainable={n for n, _ in model.named_parameters() if n in keys}), keys
+    if cfg.freeze_stages:
+        try:
+            trainable = stage_trainable(model, cfg.freeze_stages, cfg.model)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        return PartialFreezer(model, trainable=trainable), None
+    return BackboneFreezer(model, head=head, epochs=cfg.freeze), None
+
+
+def log_parameter_counts(model: torch.nn.Module, log) -> None:
+    """The log line with the total and trainable parameter counts (seed 003 prints them for LoRA); with --freeze N
+    the count of the epoch the run starts in (the head alone while frozen)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("parameters: %s total, %s trainable (%.2f%%)", f"{total:,}", f"{trainable:,}", 100.0 * trainable / total)
 
 
 def build_data(cfg: Config, info: DistInfo, log,
@@ -214,7 +262,13 @@ def restore_training_state(run: TrainingRun, ckpt: Checkpoint) -> None:
                          f"process reads and the position in the epoch would change. Resume with "
                          f"{ckpt.world_size} process(es) (torchrun --nproc_per_node/--nnodes), or start a new run "
                          "from these weights with --pretrained")
-    run.model.load_state_dict(ckpt.resume_weights)
+    if run.base is not None:
+        if ckpt.base is None or ckpt.base["sha256"] != run.base["sha256"]:
+            raise UsageError(f"--resume {run.cfg.resume}: its LoRA adapters were trained on other base weights than "
+                             f"--pretrained {run.cfg.pretrained} (sha256 differs); resume with the original file")
+        load_adapter_state(run.model, ckpt.resume_weights)
+    else:
+        run.model.load_state_dict(ckpt.resume_weights)
     if ckpt.optimizer is None:
         raise UsageError(f"--resume {run.cfg.resume} holds weights without a training state (an average); "
                          "continue the run from its last.pth, or fine-tune from it with --pretrained")
@@ -323,14 +377,20 @@ def log_teacher_checksums(teacher: torch.nn.Module, epoch: int, info: DistInfo) 
 def training_state(run: TrainingRun, epoch: int, rngs: list) -> Checkpoint:
     """Everything a resumed run needs, as it stands now; ``epoch`` is the last finished one."""
     return Checkpoint(config=run.cfg.to_dict(), class_names=run.class_names,
-                      preprocessing=run.preprocessing.to_dict(), model=run.model.state_dict(), epoch=epoch,
+                      preprocessing=run.preprocessing.to_dict(), model=saved_weights(run, run.model), epoch=epoch,
                       best_top1=run.best_top1, best_epoch=run.best_epoch,
                       best_score=run.best_score if math.isfinite(run.best_score) else None, metrics=run.metrics or {},
                       optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
                       scaler=run.scaler.state_dict(), criterion=run.criterion.state_dict(),
                       ema=run.ema.state_dict() if run.ema is not None else None,
                       swa=run.swa.state_dict() if run.swa is not None else None, rng=rngs[0], rng_per_rank=rngs,
-                      world_size=run.info.world_size)
+                      world_size=run.info.world_size, base=run.base)
+
+
+def saved_weights(run: TrainingRun, module: torch.nn.Module) -> dict:
+    """The state dict checkpoints hold: all of it, or for LoRA only the adapters and the head (Checkpoint.base)."""
+    state = module.state_dict()
+    return state if run.saved_keys is None else {k: v for k, v in state.items() if k in run.saved_keys}
 
 
 def save_epoch(run: TrainingRun, epoch: int, rngs: list, best: tuple[str, torch.nn.Module] | None) -> None:
@@ -342,7 +402,7 @@ def save_epoch(run: TrainingRun, epoch: int, rngs: list, best: tuple[str, torch.
         keep_epoch_checkpoint(run.out_dir / "last.pth", epoch, run.cfg.keep_epochs)
     if best is not None:
         source, weights = best
-        save_checkpoint(state.replace(model=weights.state_dict(), train_model=state.model, weights=source),
+        save_checkpoint(state.replace(model=saved_weights(run, weights), train_model=state.model, weights=source),
                         run.out_dir / "best.pth")
 
 

@@ -40,6 +40,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         ) from err
     if not isinstance(obj, Mapping):
         raise DataError(f"{os.fspath(path)!r} holds a {type(obj).__name__}, expected a state dict or checkpoint dict.")
+    if isinstance(obj.get("base"), Mapping):  # our LoRA checkpoint: adapters and head only (utils/checkpoint.py)
+        raise DataError(f"{os.fspath(path)!r} is a LoRA checkpoint holding adapters and head only, not whole weights; "
+                        "export it merged (--jit/--onnx) or continue it with --resume")
     for key in _STATE_DICT_KEYS:
         if isinstance(obj.get(key), Mapping):
             obj = obj[key]

@@ -44,3 +44,31 @@ class BackboneFreezer:
         if self.frozen:
             for norm in self.backbone_norms:
                 norm.eval()
+
+
+class PartialFreezer:
+    """Freezes every parameter but the ``trainable`` ones (names) for the whole run: ``--freeze_stages`` (the deep
+    stages and the head train) and ``--lora`` (the adapters and the head train).
+
+    BatchNorm layers without a trainable parameter are held in eval mode, so a frozen part keeps its running
+    statistics too and its weights and buffers stay bit-identical. The interface is ``BackboneFreezer``'s; the
+    trainable set never changes, so ``set_epoch`` never asks for a new DDP wrapper.
+    """
+
+    def __init__(self, model: nn.Module, *, trainable: set[str]):
+        names = {name for name, _ in model.named_parameters()}
+        if unknown := sorted(trainable - names):
+            raise ValueError(f"no such parameters to train: {unknown[:3]}")
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in trainable)
+        self.frozen = True
+        self.norms = [m for m in model.modules() if isinstance(m, _BatchNorm)
+                      and not any(p.requires_grad for p in m.parameters())]
+
+    def set_epoch(self, epoch: int) -> bool:
+        return False
+
+    def hold_norms(self) -> None:
+        """Put the frozen BatchNorm layers back in eval mode; call it after ``model.train()``."""
+        for norm in self.norms:
+            norm.eval()

@@ -125,3 +125,21 @@ def test_fashion_mnist_val_ratio_zero_writes_no_val(tmp_path):
     assert main(["fashion-mnist", "--out", str(tmp_path), "--limit", "30", "--val_ratio", "0"]) == 0
     assert json.loads((tmp_path / "prepare.json").read_text())["counts"] == {"train": 30, "test": 30}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepare.json", "test", "train"]
+
+
+def test_classes_and_train_per_class_select_a_transfer_task():
+    """--classes keeps (and renumbers) some classes; --train_per_class N keeps N training images of each, val and
+    test whole."""
+    from dataloader.prepare import FASHION_MNIST_CLASSES, select_classes
+
+    labels = np.repeat(np.arange(10), 30)
+    split = (np.zeros((300, 2, 2), np.uint8), labels, np.arange(300))
+    splits, names = select_classes({"train": split, "val": split, "test": split}, FASHION_MNIST_CLASSES,
+                                   [7, 5], train_per_class=4, seed=0)
+    assert names == ("Sneaker", "Sandal")
+    train_images, train_labels, train_ids = splits["train"]
+    assert Counter(train_labels.tolist()) == {0: 4, 1: 4} and set(labels[train_ids]) == {5, 7}
+    assert all(labels[i] == (7, 5)[label] for i, label in zip(train_ids, train_labels))
+    assert len(splits["val"][1]) == len(splits["test"][1]) == 60
+    with pytest.raises(ValueError, match="--classes takes distinct class indices 0..9"):
+        select_classes(splits, FASHION_MNIST_CLASSES, [3, 3], None, 0)

@@ -175,5 +175,8 @@ def test_results_table_reads_reports_and_summaries(tmp_path, capsys):
     assert results_table([str(run), str(nested)]) == 0
     labels = [line.split(" | ")[0] for line in capsys.readouterr().out.strip().splitlines()[-2:]]
     assert labels == ["| strategy_loss_focal", "| kfold/final"]
+    (run / "train.log").write_text("... INFO parameters: 11,322,769 total, 146,257 trainable (1.29%)\n")
+    assert results_table([str(run), "--strip", "strategy_loss_", "--parameters"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith("| 1.5 | 146,257 | 45.0 |")
     with pytest.raises(FileNotFoundError, match="--evaluation"):
         results_table([str(tmp_path / "missing")])

@@ -6,6 +6,7 @@ this class existed have the same keys and load through ``Checkpoint.from_dict``.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -65,6 +66,15 @@ def serialise(ckpt: "Checkpoint", handle: BinaryIO) -> None:
     torch.save(ckpt.to_dict(), handle)
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 EPOCH_CHECKPOINT = re.compile(r"^epoch_(\d+)\.pth$")
 
 
@@ -122,6 +132,12 @@ class Checkpoint:
     ``model`` holds the weights to predict with; ``train_model`` the weights training continues from when they
     differ (best.pth chosen from the EMA, SWA, averaged weights). ``weights`` says which ``model`` holds.
     The training state (optimizer ... rng) is None in checkpoints that cannot be resumed.
+
+    A LoRA run (``--lora``) stores its adapter compactly: ``model`` / ``train_model`` hold only what training
+    changes, the adapters' ``*.lora_A.default.weight`` / ``*.lora_B.default.weight`` tensors (peft's names) and the
+    whole head, and ``base`` names the frozen rest: ``{"path": absolute path, "sha256": hex}`` of the --pretrained
+    file, which loading checks (engine/components.py rebuilds base + adapters and merges them). The optimizer state
+    covers the trained tensors only. ``base`` is None for every other checkpoint, which holds the whole model.
     """
 
     config: dict
@@ -148,6 +164,7 @@ class Checkpoint:
     partial: dict | None = None  # that epoch's loss and accuracy sums so far (over all ranks)
     world_size: int | None = None  # processes that trained it (None: written before this was recorded)
     rng_per_rank: list | None = None  # every rank's RNG state, in rank order (``rng`` is rank 0's)
+    base: dict | None = None  # LoRA: the base weights file {"path", "sha256"}; ``model`` holds adapters and head
 
     @property
     def resume_weights(self) -> dict:

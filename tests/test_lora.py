@@ -269,3 +269,17 @@ def test_freeze_stages_trains_only_the_deep_stages_of_resnet18(tiny_digits, tmp_
     assert f"total, {trained:,} trainable" in (tmp_path / "ck/stages/train.log").read_text()
     ckpt = load_checkpoint(tmp_path / "ck/stages/last.pth")
     assert ckpt.base is None and set(ckpt.model) == set(start) - {"trainable"}  # the whole model is stored
+
+
+def test_freeze_stages_under_torchrun_keeps_both_ranks_identical(tiny_digits, tmp_path):
+    """2 processes (gloo): the deep stage and the head are all-reduced, the frozen ones stay as they started."""
+    out = tmp_path / "digests"
+    args = common_args(tiny_digits, tmp_path, "ddp", "--freeze_stages", "2", "--epochs", "2")
+    torchrun(2, [str(out), "--", *args], script="tests/freeze_ddp_worker.py")
+    rank0, rank1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0 == rank1
+    (start,), (first, second) = rank0["wrapped"], rank0["epochs"]
+    assert not start["backbone_trainable"]
+    assert start["backbone"] != first["backbone"] != second["backbone"] and start["head"] != first["head"]
+    ckpt = load_checkpoint(tmp_path / "ck/ddp/last.pth")
+    assert ckpt.world_size == 2 and ckpt.base is None

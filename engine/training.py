@@ -505,8 +505,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, cfg: C
     A run resumed mid-epoch passes ``start_batch`` (the loader's sampler skips those batches) and the epoch's
     ``partial`` sums. After each optimizer step ``control`` may ask for a checkpoint: ``on_save(batches done,
     sums so far over all ranks)`` writes it, and on a stop signal the epoch ends there with ``Preempted``.
-    With ``mean_teacher`` (its teacher is ``ema``) each step adds its consistency term on an unlabelled batch.
-    """
+    ``mean_teacher`` (its teacher is ``ema``) adds each step's consistency term on an unlabelled batch."""
     if not isinstance(loss_fn, TrainingLoss):
         loss_fn = TrainingLoss(loss_fn)
     model.train()

@@ -13,7 +13,6 @@ uint8 input to probabilities (normalisation included).
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import tempfile
 from pathlib import Path
@@ -26,18 +25,11 @@ from benchmarks.common import markdown_table  # noqa: E402
 from benchmarks.deploy import (EAGER, ORT_FP32, TORCHSCRIPT, build_variants, calibrate_batchnorm,  # noqa: E402
                                inference_environment, measure_latency, real_images)
 from models import build_model, model_source  # noqa: E402
+from models.complexity import count_macs  # noqa: E402
 
 DEFAULT_MODELS = ("small_cnn", "wrn10_4", "resnet18", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
                   "ghostnet_100")
 COLUMNS = {"eager": EAGER, "TorchScript": TORCHSCRIPT, "ONNX Runtime": ORT_FP32}  # table column → variant
-
-
-def count_macs(model: torch.nn.Module, size: int) -> float:
-    """thop's multiply-accumulate count of one size x size image (on a copy: thop adds buffers to the model)."""
-    from thop import profile
-
-    macs, _ = profile(copy.deepcopy(model).eval(), inputs=(torch.randn(1, 3, size, size),), verbose=False)
-    return float(macs)
 
 
 def model_row(name: str, args, images: torch.Tensor, workdir: Path) -> tuple[list[str], list[str]]:
@@ -46,7 +38,7 @@ def model_row(name: str, args, images: torch.Tensor, workdir: Path) -> tuple[lis
     model = build_model(name, num_classes=args.classes).eval()
     calibrate_batchnorm(model, images)
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    gmacs = count_macs(model, args.size) / 1e9
+    gmacs = count_macs(model, (args.size, args.size)) / 1e9
     variants = build_variants(model, name.replace("/", "_"), images, workdir, args.threads, int8=False)
     times = measure_latency(variants.runs, images[0], iters=args.iters, warmup=args.warmup)
     medians = {column: float(np.median(times[form])) * 1000 for column, form in COLUMNS.items() if form in times}

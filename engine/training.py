@@ -29,6 +29,7 @@ from engine.job import Job, default_run_name, open_job, run_dir, seed_everything
 from engine.objective import PseudoTargets, TrainingLoss, training_loss_from_config
 from engine.preemption import StepControl
 from engine.semi import MeanTeacher, PseudoLabels, mean_teacher_from_config, state_checksum
+from models.complexity import count_macs
 from models.heads import find_classifier_name
 from models.lora import adapter_keys, load_adapter_state, stage_trainable
 from models.registry import batchnorm_lag_warning
@@ -190,7 +191,7 @@ def build_training_run(job: Job, pseudo: PseudoLabels | None = None) -> Training
         run.model = convert_sync_batchnorm(run.model, info.device)
     run.freezer, run.saved_keys = freezer_of(cfg, run.model)
     run.freezer.set_epoch(run.start_epoch)  # before wrapping: DDP hooks only the parameters that require grad now
-    log_parameter_counts(run.model, log)
+    log_parameter_counts(run.model, log, cfg.image_size if info.is_main else None)
     run.ddp_model = maybe_compile(wrap_ddp(run.model, info), run.model, cfg, info, log)
     log.info("run %s: %s, %d classes, train %d / val %d images, world size %d on %s", cfg.name, cfg.model,
              cfg.num_classes, len(splits.train), len(splits.val or ()), info.world_size, info.device)
@@ -213,12 +214,22 @@ def freezer_of(cfg: Config, model: torch.nn.Module) -> tuple[BackboneFreezer | P
     return BackboneFreezer(model, head=head, epochs=cfg.freeze), None
 
 
-def log_parameter_counts(model: torch.nn.Module, log) -> None:
-    """The log line with the total and trainable parameter counts (seed 003 prints them for LoRA); with --freeze N
-    the count of the epoch the run starts in (the head alone while frozen)."""
+def log_parameter_counts(model: torch.nn.Module, log, image_size: tuple[int, int] | None = None) -> None:
+    """The log line with the total and trainable parameter counts (seed 003 prints them for LoRA; with --freeze N
+    the count of the epoch the run starts in, the head alone while frozen) and thop's compute for one image at the
+    input size, as the main seed's model table counts it."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("parameters: %s total, %s trainable (%.2f%%)", f"{total:,}", f"{trainable:,}", 100.0 * trainable / total)
+    compute = ""
+    if image_size is not None:
+        try:
+            macs = count_macs(model, tuple(image_size))
+            size = "x".join(map(str, image_size))
+            compute = f"; {macs / 1e6:,.1f} M multiply-accumulates per {size} image (thop; FLOPs = 2x)"
+        except Exception as exc:  # noqa: BLE001  a layer thop cannot trace must not stop training
+            compute = f"; compute not counted (thop: {type(exc).__name__}: {exc})"
+    log.info("parameters: %s total, %s trainable (%.2f%%)%s", f"{total:,}", f"{trainable:,}",
+             100.0 * trainable / total, compute)
 
 
 def build_data(cfg: Config, info: DistInfo, log,

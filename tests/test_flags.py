@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,13 @@ def test_pretrained_weights_load_with_head_skipped(tiny_digits, tmp_path):
     assert torch.allclose(ckpt.model["features.0.0.0.weight"], source.state_dict()["features.0.0.0.weight"],
                           atol=1e-6)
     assert ckpt.model["fc.weight"].shape == (10, 128)
+
+
+def test_the_training_log_gives_parameters_and_compute(tiny_digits, tmp_path):
+    train_once(tiny_digits, tmp_path, ["--model", "small_cnn_tiny"], name="size")
+    log = (tmp_path / "ck" / "size" / "train.log").read_text()
+    assert re.search(r"parameters: [\d,]+ total, [\d,]+ trainable \(100\.00%\); [\d.,]+ M multiply-accumulates per "
+                     r"32x32 image \(thop; FLOPs = 2x\)", log), log[-2000:]
 
 
 def test_prior_bias_sets_initial_head_bias(tiny_digits, tmp_path):

@@ -368,3 +368,17 @@ def test_batchnorm_lag_warning_for_slow_momentum_in_a_short_run() -> None:
     assert batchnorm_lag_warning(slow, "mobilenet_v3_small", steps=2000) is None
     fast = models.build_model("mobilenet_v3_small", num_classes=3, bn_momentum=0.1)
     assert batchnorm_lag_warning(fast, "mobilenet_v3_small", steps=50) is None
+
+
+def test_count_macs_leaves_the_model_and_the_rng_alone() -> None:
+    """The training log's compute figure: thop's count on a copy (no total_ops buffers in the checkpoint), with a
+    zero input (the global RNG, which seeds training, is not drawn from)."""
+    from models.complexity import count_macs
+
+    model = models.build_model("resnet18", num_classes=10)
+    keys = set(model.state_dict())
+    state = torch.get_rng_state()
+    macs = count_macs(model, (224, 224))
+    assert torch.equal(torch.get_rng_state(), state) and set(model.state_dict()) == keys
+    assert 1.8e9 < macs < 1.85e9  # the main seed's table: resnet18 1820 M at 224 px
+    assert count_macs(model, (32, 32)) == pytest.approx(macs * (32 / 224) ** 2, rel=0.02)

@@ -2,8 +2,9 @@
 
 Training reads the train split as classifier training does (the same dataset and sharded loader, DDP under
 torchrun), letterboxed to --gan_image_size and scaled to [-1, 1], with one channel when the data is grayscale. Each
-step trains the discriminator on the batch's real images and on generated images of the same labels (one forward
-over both, so DDP sees one forward per backward), then the generator against it (the non-saturating loss). The noise
+step trains the discriminator on the batch's real images and as many generated ones (one forward over both, so DDP
+sees one forward per backward), then the generator against it: the non-saturating loss plus --gan_diversity times
+MSGAN's mode-seeking term, for which the generated batch is drawn in pairs of one class (``paired_labels``). The noise
 of epoch e on rank r comes from a generator seeded with (seed, e, r) and the loader's order from (seed, e), so a
 resumed run repeats an uninterrupted one bit for bit without storing RNG states.
 

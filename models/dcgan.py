@@ -8,8 +8,8 @@ class from noise, and a discriminator that scores (image, class) pairs.
 
 The label enters the generator as a learned embedding concatenated to the noise, and the discriminator as one-hot
 planes next to the image, so a generated image carries the label it was drawn for. A minibatch-stddev channel in the
-discriminator keeps the generator from drawing one image per class: on 1,000 Fashion-MNIST images a projection
-discriminator with spectral norm let it do exactly that (per-class pixel spread 0.09 against 0.45 for real images).
+discriminator exposes a batch of near-identical images; on its own it did not keep the generator from drawing one
+image per class on 1,000 Fashion-MNIST images (engine/gan.py's mode-seeking term does).
 Image sides are S * 2^k with a start side S in 3..8 and k >= 1 (28 = 7 * 4, 32 = 4 * 8, 64, 96, 256 ...).
 These are not classifiers: they are not in the model registry.
 """

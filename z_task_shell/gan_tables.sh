@@ -27,13 +27,19 @@ rm -rf data/fmnist100/gen_dataset/fmnist100_gan
 $PY main.py --gan_generate 1000 --resume checkpoints/fmnist100_gan/generator.pth     # DATA/gen_dataset/RUN/
 
 # 2. the classifier without and with the generated images (same recipe, same step budget)
-CLASSIFIER=(--data data/fmnist100 --model small_cnn --image_size 28 28 --aug --cache_images ram --optimizer adam
-            --lr 0.003 --weight_decay 0.0001 --lr_schedule cosine --warmup 1 -b 64 -j 0 --seed 0 --repeat "$SEEDS")
+SMALL_CNN=(--data data/fmnist100 --model small_cnn --image_size 28 28 --aug --cache_images ram --optimizer adam
+           --lr 0.003 --weight_decay 0.0001 --lr_schedule cosine --warmup 1 -b 64 -j 0 --seed 0)
+CLASSIFIER=("${SMALL_CNN[@]}" --repeat "$SEEDS")
 $PY main.py "${CLASSIFIER[@]}" --epochs 30 --name fmnist100_real_only
 $PY main.py "${CLASSIFIER[@]}" --epochs 3 --extra_train data/fmnist100/gen_dataset/fmnist100_gan --extra_weight 1 \
   --name fmnist100_with_gan
 $PY main.py "${CLASSIFIER[@]}" --epochs 3 --extra_train data/fmnist100/gen_dataset/fmnist100_gan --extra_weight 0.3 \
   --name fmnist100_with_gan_w03
+# the real images' exposure of the first row (30 epochs, 5,130 steps: 10x the budget), seed 0 only
+$PY main.py "${SMALL_CNN[@]}" --epochs 30 --extra_train data/fmnist100/gen_dataset/fmnist100_gan --extra_weight 1 \
+  --name fmnist100_with_gan_30ep
+$PY main.py --evaluation --resume checkpoints/fmnist100_with_gan_30ep/best.pth --split test \
+  --output "$OUT/fmnist100_with_gan_30ep/eval_test"
 
 # 3. label quality: a small_cnn on all of Fashion-MNIST train judges the generated images (their folder as test split)
 $PY main.py --data data/fashion-mnist --model small_cnn --image_size 28 28 --aug --cache_images ram --optimizer adam \
@@ -49,6 +55,7 @@ $PY main.py --evaluation --resume checkpoints/fmnist_judge_small_cnn/best.pth --
 
 # raw files
 mkdir -p "$OUT"
+cp checkpoints/fmnist100_with_gan_30ep/summary.csv "$OUT/fmnist100_with_gan_30ep/"
 cp checkpoints/fmnist100_gan/summary.csv "$OUT/gan_summary.csv"
 cp checkpoints/fmnist100_gan/gan.log "$OUT/gan.log"
 cp data/fmnist100/gen_dataset/fmnist100_gan/grid.png "$OUT/grid.png"

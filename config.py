@@ -64,6 +64,17 @@ class Config:
     loss_threshold: float = 0.9
     # augmentation and sampling (dataloader/)
     aug: str | None = None
+    erasing_p: float = 0.5
+    erasing_scale: list[float] = field(default_factory=lambda: [0.02, 0.33])
+    erasing_ratio: list[float] = field(default_factory=lambda: [0.3, 1 / 0.3])
+    erasing_value: str = "random"
+    cutout_holes: int = 1
+    cutout_length: int | None = None
+    gridmask_p: float = 0.5
+    gridmask_d: list[int] | None = None
+    gridmask_ratio: list[float] = field(default_factory=lambda: [0.4, 0.6])
+    gridmask_rotate: float = 7.0
+    vflip_p: float = 0.5
     mixup: float | None = None
     cutmix: float | None = None
     ricap: float | None = None
@@ -457,7 +468,26 @@ def _augmentation_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g.add_argument("--aug", nargs="?", const="basic", default=d.aug, metavar="NAME[,NAME...]",
                    help="per-image train augmentations, applied in the order given: basic (flip + light affine; "
                         "what a bare --aug means), autoaugment, randaugment, trivialaugment, myaugment, erasing, "
-                        "gridmask")
+                        "gridmask, vflip, cutout")
+    g.add_argument("--erasing_p", type=_ratio, default=d.erasing_p, metavar="P", help="erasing: probability per image")
+    g.add_argument("--erasing_scale", type=float, nargs=2, default=d.erasing_scale, metavar=("MIN", "MAX"),
+                   help="erasing: share of the image the rectangle covers")
+    g.add_argument("--erasing_ratio", type=float, nargs=2, default=d.erasing_ratio, metavar=("MIN", "MAX"),
+                   help="erasing: the rectangle's aspect ratio range (drawn log-uniform)")
+    g.add_argument("--erasing_value", default=d.erasing_value, metavar="random|0-255",
+                   help="erasing: uniform noise (random) or this grey level")
+    g.add_argument("--cutout_holes", type=_positive_int, default=d.cutout_holes, help="cutout: squares per image")
+    g.add_argument("--cutout_length", type=_positive_int, default=d.cutout_length, metavar="PX",
+                   help="cutout: the squares' side in pixels (default half the short side; seed 002: 16 at 32 px)")
+    g.add_argument("--gridmask_p", type=_ratio, default=d.gridmask_p, metavar="P", help="gridmask: probability")
+    g.add_argument("--gridmask_d", type=_positive_int, nargs=2, default=d.gridmask_d, metavar=("D1", "D2"),
+                   help="gridmask: grid period range in pixels (seed 004: 96 224 at 224 px); default 10-50%% of "
+                        "the short side")
+    g.add_argument("--gridmask_ratio", type=float, nargs=2, default=d.gridmask_ratio, metavar=("MIN", "MAX"),
+                   help="gridmask: each dropped square's side as a share of the period")
+    g.add_argument("--gridmask_rotate", type=float, default=d.gridmask_rotate, metavar="DEG",
+                   help="gridmask: the grid turns by up to this many degrees")
+    g.add_argument("--vflip_p", type=_ratio, default=d.vflip_p, metavar="P", help="vflip: probability per image")
     g.add_argument("--mixup", type=float, nargs="?", const=0.8, default=d.mixup, metavar="ALPHA",
                    help="mixup batches on the device, lam ~ Beta(ALPHA, ALPHA) (bare flag: 0.8)")
     g.add_argument("--cutmix", type=float, nargs="?", const=1.0, default=d.cutmix, metavar="ALPHA",

@@ -17,10 +17,16 @@ Generator, so they are just as deterministic and leave the caller's RNG untouche
 | myaugment      | the hand-made policy of `MyAugment`: flip, affine, colour jitter, blur/noise |
 | erasing        | random erasing (cutout with a random size and noise fill), p = 0.5        |
 | gridmask       | GridMask: a rotated grid of dropped squares, p = 0.5                      |
+| vflip          | vertical flip, p = 0.5                                                    |
+| cutout         | Cutout: 1 square of half the short side set to the pad value, always      |
+
+Builders also take ``options`` (``AugmentOptions``: the `--erasing_*`, `--cutout_*`, `--gridmask_*` and `--vflip_p`
+flags); the defaults are the values above, so a run without those flags augments exactly as before.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import cv2
@@ -33,6 +39,46 @@ Augmentation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 AUGMENTATIONS = Registry("--aug")
 register_augmentation = AUGMENTATIONS.register
+
+
+@dataclass(frozen=True)
+class AugmentOptions:
+    """The parameters of the parametrised augmentations (seeds 002 and 004); None: the augmentation's default."""
+
+    erasing_p: float = 0.5
+    erasing_scale: tuple[float, float] = (0.02, 0.33)
+    erasing_ratio: tuple[float, float] = (0.3, 1 / 0.3)
+    erasing_value: int | None = None  # None: uniform noise; else this grey level
+    cutout_holes: int = 1
+    cutout_length: int | None = None  # pixels; None: half the short side
+    gridmask_p: float = 0.5
+    gridmask_d: tuple[int, int] | None = None  # period range in pixels; None: 10%-50% of the short side
+    gridmask_ratio: tuple[float, float] = (0.4, 0.6)
+    gridmask_rotate: float = 7.0
+    vflip_p: float = 0.5
+
+    def __post_init__(self) -> None:
+        checks = {"--erasing_p": 0 <= self.erasing_p <= 1, "--gridmask_p": 0 <= self.gridmask_p <= 1,
+                  "--vflip_p": 0 <= self.vflip_p <= 1,
+                  "--erasing_scale": 0 < self.erasing_scale[0] <= self.erasing_scale[1] < 1,
+                  "--erasing_ratio": 0 < self.erasing_ratio[0] <= self.erasing_ratio[1],
+                  "--erasing_value": self.erasing_value is None or 0 <= self.erasing_value <= 255,
+                  "--cutout_holes": self.cutout_holes >= 1,
+                  "--cutout_length": self.cutout_length is None or self.cutout_length >= 1,
+                  "--gridmask_d": self.gridmask_d is None or 3 <= self.gridmask_d[0] <= self.gridmask_d[1],
+                  "--gridmask_ratio": 0 < self.gridmask_ratio[0] <= self.gridmask_ratio[1] < 1,
+                  "--gridmask_rotate": self.gridmask_rotate >= 0}
+        bad = [f"{flag} {_shown(getattr(self, flag[2:]))}" for flag, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: out of range; probabilities in [0, 1], ranges as MIN MAX with "
+                             "0 < MIN <= MAX, erasing scale and GridMask ratio below 1, grey levels 0-255")
+
+
+def _shown(value) -> str:
+    return " ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
+
+
+DEFAULT_OPTIONS = AugmentOptions()
 
 # basic: light geometry, small enough that letterboxed objects stay inside the frame.
 AUG_MAX_ROTATION_DEG = 10.0
@@ -185,21 +231,25 @@ class RandomErasing:
 
     P, AREA, RATIO, TRIES = 0.5, (0.02, 0.33), (0.3, 1 / 0.3), 10
 
+    def __init__(self, options: AugmentOptions = DEFAULT_OPTIONS) -> None:
+        self.p, self.area, self.ratio = options.erasing_p, options.erasing_scale, options.erasing_ratio
+        self.value = options.erasing_value
+
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        apply = rng.random() < self.P
+        apply = rng.random() < self.p
         fill_seed = _seed_from(rng)
         if not apply:
             return image
         h, w = image.shape[:2]
         for _ in range(self.TRIES):
-            area = rng.uniform(*self.AREA) * h * w
-            ratio = math.exp(rng.uniform(math.log(self.RATIO[0]), math.log(self.RATIO[1])))
+            area = rng.uniform(*self.area) * h * w
+            ratio = math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
             eh, ew = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
             if 0 < eh < h and 0 < ew < w:
                 top, left = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
                 image = image.copy()
-                image[top:top + eh, left:left + ew] = np.random.default_rng(fill_seed).integers(
-                    0, 256, (eh, ew, image.shape[2]), dtype=np.uint8)
+                image[top:top + eh, left:left + ew] = (np.random.default_rng(fill_seed).integers(
+                    0, 256, (eh, ew, image.shape[2]), dtype=np.uint8) if self.value is None else self.value)
                 return image
         return image
 
@@ -214,16 +264,20 @@ class GridMask:
 
     P, PERIOD, RATIO, MAX_ROTATION_DEG = 0.5, (0.1, 0.5), (0.4, 0.6), 7.0
 
-    def __init__(self, pad_value: int = 0) -> None:
-        self.pad_value = pad_value
+    def __init__(self, pad_value: int = 0, options: AugmentOptions = DEFAULT_OPTIONS) -> None:
+        self.pad_value, self.p, self.ratio = pad_value, options.gridmask_p, options.gridmask_ratio
+        self.max_rotation, self.period_px = options.gridmask_rotate, options.gridmask_d
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        apply = rng.random() < self.P
+        apply = rng.random() < self.p
         h, w = image.shape[:2]
-        period = max(3, int(round(rng.uniform(*self.PERIOD) * min(h, w))))
-        side = max(1, int(round(rng.uniform(*self.RATIO) * period)))
+        if self.period_px is None:
+            period = max(3, int(round(rng.uniform(*self.PERIOD) * min(h, w))))
+        else:  # seed 004's d1, d2 in pixels (the period drawn in [d1, d2])
+            period = int(rng.integers(self.period_px[0], self.period_px[1] + 1))
+        side = max(1, int(round(rng.uniform(*self.ratio) * period)))
         phase = rng.integers(0, period, size=2)
-        angle = rng.uniform(-self.MAX_ROTATION_DEG, self.MAX_ROTATION_DEG)
+        angle = rng.uniform(-self.max_rotation, self.max_rotation)
         if not apply:
             return image
         mask = self.grid_mask((h, w), period, side, phase, angle)
@@ -246,44 +300,82 @@ class GridMask:
         return grid[top:top + h, left:left + w].astype(bool)
 
 
+class VerticalFlip:
+    """`vflip`: flip upside down with probability p (for images without an up: cells, satellite, textures)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.ascontiguousarray(image[::-1]) if rng.random() < self.p else image
+
+
+class Cutout:
+    """`cutout` (DeVries & Taylor, 2017; seed 002): `holes` squares of side `length` (default half the short side),
+    centred anywhere (clipped at the border), set to the pad value, on every image."""
+
+    def __init__(self, pad_value: int = 0, holes: int = 1, length: int | None = None) -> None:
+        self.pad_value, self.holes, self.length = pad_value, holes, length
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        h, w = image.shape[:2]
+        length = self.length or max(1, min(h, w) // 2)
+        image = image.copy()
+        for _ in range(self.holes):
+            y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+            top, left = max(0, y - length // 2), max(0, x - length // 2)
+            image[top:min(h, y + (length + 1) // 2), left:min(w, x + (length + 1) // 2)] = self.pad_value
+        return image
+
+
 @register_augmentation("basic")
-def build_basic(*, pad_value: int = 0) -> Augmentation:
+def build_basic(*, pad_value: int = 0, options: AugmentOptions = DEFAULT_OPTIONS) -> Augmentation:
     return BasicAffine(pad_value)
 
 
 @register_augmentation("autoaugment")
-def build_autoaugment(*, pad_value: int = 0) -> Augmentation:
+def build_autoaugment(*, pad_value: int = 0, options: AugmentOptions = DEFAULT_OPTIONS) -> Augmentation:
     from torchvision.transforms import v2  # lazy: keeps `import dataloader` light for the demo path
     return TorchvisionPolicy(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET,
                                             interpolation=v2.InterpolationMode.BILINEAR, fill=pad_value))
 
 
 @register_augmentation("randaugment")
-def build_randaugment(*, pad_value: int = 0) -> Augmentation:
+def build_randaugment(*, pad_value: int = 0, options: AugmentOptions = DEFAULT_OPTIONS) -> Augmentation:
     from torchvision.transforms import v2
     return TorchvisionPolicy(v2.RandAugment(num_ops=2, magnitude=9, interpolation=v2.InterpolationMode.BILINEAR,
                                             fill=pad_value))
 
 
 @register_augmentation("trivialaugment")
-def build_trivialaugment(*, pad_value: int = 0) -> Augmentation:
+def build_trivialaugment(*, pad_value: int = 0, options: AugmentOptions = DEFAULT_OPTIONS) -> Augmentation:
     from torchvision.transforms import v2
     return TorchvisionPolicy(v2.TrivialAugmentWide(interpolation=v2.InterpolationMode.BILINEAR, fill=pad_value))
 
 
 @register_augmentation("myaugment")
-def build_myaugment(*, pad_value: int = 0) -> Augmentation:
+def build_myaugment(*, pad_value: int = 0, options: AugmentOptions = DEFAULT_OPTIONS) -> Augmentation:
     return MyAugment(pad_value)
 
 
 @register_augmentation("erasing")
-def build_erasing(*, pad_value: int = 0) -> Augmentation:
-    return RandomErasing()
+def build_erasing(*, pad_value: int = 0, options: AugmentOptions = DEFAULT_OPTIONS) -> Augmentation:
+    return RandomErasing(options)
 
 
 @register_augmentation("gridmask")
-def build_gridmask(*, pad_value: int = 0) -> Augmentation:
-    return GridMask(pad_value)
+def build_gridmask(*, pad_value: int = 0, options: AugmentOptions = DEFAULT_OPTIONS) -> Augmentation:
+    return GridMask(pad_value, options)
+
+
+@register_augmentation("vflip")
+def build_vflip(*, pad_value: int = 0, options: AugmentOptions = DEFAULT_OPTIONS) -> Augmentation:
+    return VerticalFlip(options.vflip_p)
+
+
+@register_augmentation("cutout")
+def build_cutout(*, pad_value: int = 0, options: AugmentOptions = DEFAULT_OPTIONS) -> Augmentation:
+    return Cutout(pad_value, options.cutout_holes, options.cutout_length)
 
 
 def parse_aug(spec: str | bool | None) -> str | None:
@@ -304,11 +396,11 @@ def parse_aug(spec: str | bool | None) -> str | None:
 class AugmentationPipeline:
     """The `--aug` entries, applied in the order given, all drawing from one Generator per (seed, epoch, index)."""
 
-    def __init__(self, spec: str | bool, *, pad_value: int = 0) -> None:
+    def __init__(self, spec: str | bool, *, pad_value: int = 0, options: AugmentOptions = DEFAULT_OPTIONS) -> None:
         self.spec = parse_aug(spec)
         if self.spec is None:
             raise ValueError("an augmentation pipeline needs at least one --aug name")
-        self.stages = [AUGMENTATIONS.get(name)(pad_value=pad_value) for name in self.spec.split(",")]
+        self.stages = [AUGMENTATIONS.get(name)(pad_value=pad_value, options=options) for name in self.spec.split(",")]
 
     def __call__(self, image: np.ndarray, *, seed: int, epoch: int, index: int, draw: int = 0) -> np.ndarray:
         rng = item_rng(seed, epoch, index, draw)
@@ -320,6 +412,7 @@ class AugmentationPipeline:
         return f"{type(self).__name__}({self.spec!r})"
 
 
-def build_augmentation(spec: str | bool | None, *, pad_value: int = 0) -> AugmentationPipeline | None:
+def build_augmentation(spec: str | bool | None, *, pad_value: int = 0,
+                       options: AugmentOptions = DEFAULT_OPTIONS) -> AugmentationPipeline | None:
     """The pipeline for an `--aug` value, or None when it names nothing."""
-    return AugmentationPipeline(spec, pad_value=pad_value) if parse_aug(spec) else None
+    return AugmentationPipeline(spec, pad_value=pad_value, options=options) if parse_aug(spec) else None

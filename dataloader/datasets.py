@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from dataloader.augment import build_augmentation, parse_aug
+from dataloader.augment import DEFAULT_OPTIONS, AugmentOptions, build_augmentation, parse_aug
 from dataloader.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, letterbox_resize, to_chw_uint8
 from dataloader.sampler import ClassBalancedDistributedSampler
 from utils.errors import DataError
@@ -233,6 +233,7 @@ class ImageClassificationDataset(Dataset):
         *,
         image_size: int | tuple[int, int],
         aug: str | bool | None = None,
+        aug_options: AugmentOptions = DEFAULT_OPTIONS,
         seed: int = 0,
         pad_value: int = 0,
         skip_unreadable: bool = False,
@@ -244,7 +245,7 @@ class ImageClassificationDataset(Dataset):
         self.class_names = list(class_names)
         self.image_size = _as_size(image_size)
         self.aug = parse_aug(aug)
-        self.augment = build_augmentation(self.aug, pad_value=pad_value)
+        self.augment = build_augmentation(self.aug, pad_value=pad_value, options=aug_options)
         self.seed = seed
         self.pad_value = pad_value
         self.skip_unreadable = skip_unreadable
@@ -322,6 +323,7 @@ def build_datasets(
     image_size: int | tuple[int, int],
     aug: str | bool | None,
     val_ratio: float,
+    aug_options: AugmentOptions = DEFAULT_OPTIONS,
     seed: int,
     kfold: int | None = None,
     fold: int = 0,
@@ -342,7 +344,7 @@ def build_datasets(
         weights = np.concatenate([np.ones(len(splits["train"])), np.full(len(extra), float(extra_weight))])
     make = {"class_names": class_names, "image_size": image_size, "seed": seed}
     return DataSplits(
-        train=_make_dataset(splits["train"] + extra, aug=aug, **make),
+        train=_make_dataset(splits["train"] + extra, aug=aug, aug_options=aug_options, **make),
         val=_make_dataset(splits["val"], **make) if splits["val"] else None,
         test=_make_dataset(splits["test"], **make) if splits["test"] else None,
         class_names=class_names,

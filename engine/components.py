@@ -11,6 +11,7 @@ import torch
 from config import Config
 from criterions import build_criterion, resolve_class_weights, resolve_head
 from dataloader import DataSplits, build_datasets, build_loader, build_split_dataset
+from dataloader.augment import AugmentOptions
 from dataloader.mix import BatchAugment, build_batch_augment
 from dataloader.preprocess import Preprocessing
 from models import build_model
@@ -27,10 +28,27 @@ def preprocessing_of(cfg: Config) -> Preprocessing:
     return Preprocessing(image_size=tuple(cfg.image_size), mean=tuple(cfg.mean), std=tuple(cfg.std))
 
 
+def aug_options_of(cfg: Config) -> AugmentOptions:
+    """The parametrised augmentations' flags (--erasing_*, --cutout_*, --gridmask_*, --vflip_p); checked there."""
+    value = cfg.erasing_value
+    if value != "random" and not (str(value).isdigit() and 0 <= int(value) <= 255):
+        raise UsageError(f"--erasing_value {value}: give 'random' (uniform noise) or a grey level 0-255")
+    try:
+        return AugmentOptions(
+            erasing_p=cfg.erasing_p, erasing_scale=tuple(cfg.erasing_scale), erasing_ratio=tuple(cfg.erasing_ratio),
+            erasing_value=None if value == "random" else int(value), cutout_holes=cfg.cutout_holes,
+            cutout_length=cfg.cutout_length, gridmask_p=cfg.gridmask_p,
+            gridmask_d=tuple(cfg.gridmask_d) if cfg.gridmask_d else None, gridmask_ratio=tuple(cfg.gridmask_ratio),
+            gridmask_rotate=cfg.gridmask_rotate, vflip_p=cfg.vflip_p)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def datasets_of(cfg: Config) -> DataSplits:
     """train / val / test of ``cfg.data`` with the train augmentation, carved by val ratio, seed and K-fold; train
     extended by ``--extra_train`` (weighted by ``--extra_weight``)."""
-    return build_datasets(cfg.data, image_size=tuple(cfg.image_size), aug=cfg.aug, val_ratio=cfg.val_ratio,
+    return build_datasets(cfg.data, image_size=tuple(cfg.image_size), aug=cfg.aug, aug_options=aug_options_of(cfg),
+                          val_ratio=cfg.val_ratio,
                           seed=cfg.seed, kfold=cfg.kfold, fold=cfg.fold, extra_train=cfg.extra_train,
                           extra_weight=cfg.extra_weight)
 

@@ -80,6 +80,12 @@ FLAG_SETS = {
                                     {"freeze": 1, "backbone_lr_scale": 0.1}),
     "adabound": (["--optimizer", "adabound"], {"optimizer": "adabound"}),
     "seed_spelling_sigmoid": (["--criterion", "sigmoid"], {"criterion": "bce"}),  # the main seed's name for bce
+    "aug_parameters": (["--aug", "vflip,cutout,erasing,gridmask", "--vflip_p", "0.3", "--cutout_holes", "2",
+                        "--cutout_length", "6", "--erasing_p", "0.4", "--erasing_scale", "0.05", "0.2",
+                        "--erasing_ratio", "0.5", "2", "--erasing_value", "0", "--gridmask_p", "0.7", "--gridmask_d",
+                        "8", "16", "--gridmask_ratio", "0.3", "0.5", "--gridmask_rotate", "10"],
+                       {"aug": "vflip,cutout,erasing,gridmask", "vflip_p": 0.3, "cutout_length": 6,
+                        "erasing_scale": [0.05, 0.2], "erasing_value": "0", "gridmask_d": [8, 16]}),
     "cosine_min_lr": (["--lr_schedule", "cosine", "--min_lr", "1e-5"], {"min_lr": 1e-5}),
     "multistep_lr_steps": (["--lr_schedule", "multistep", "--milestones", "1", "--lr_steps", "1e-3", "1e-4"],
                            {"lr_steps": [1e-3, 1e-4]}),

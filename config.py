@@ -79,6 +79,7 @@ class Config:
     cutmix: float | None = None
     ricap: float | None = None
     mix_prob: float = 1.0
+    mix_probs: list[float] | None = None
     multi_scale: bool = False
     multi_scale_sizes: list[int] | None = None
     balance: bool = False
@@ -496,6 +497,9 @@ def _augmentation_flags(p: argparse.ArgumentParser, d: Config) -> None:
                    help="RICAP: tile each image from 4 crops, boundary ~ Beta(BETA, BETA) (bare flag: 0.3)")
     g.add_argument("--mix_prob", type=float, default=d.mix_prob,
                    help="probability that a batch is mixed; with several mixes, one is picked per batch")
+    g.add_argument("--mix_probs", type=float, nargs="+", default=d.mix_probs, metavar="P",
+                   help="instead of --mix_prob: one probability per mix set, in the order --mixup, --cutmix, --ricap "
+                        "(seed 004: CutMix and Mixup each with its own p); a batch gets at most one; sum <= 1")
     g.add_argument("--multi_scale", action="store_true",
                    help="resize each train batch on the device to a size chosen per step (the same on every rank)")
     g.add_argument("--multi_scale_sizes", type=_positive_int, nargs="+", default=d.multi_scale_sizes, metavar="S",

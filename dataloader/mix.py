@@ -153,10 +153,11 @@ class BatchAugment:
     """Multi-scale, then one mix, per training step; the identity when neither is configured."""
 
     def __init__(self, *, shapes: list[tuple[int, int]] | None, mixes: dict[str, float], mix_prob: float,
-                 num_classes: int, seed: int, rank: int) -> None:
+                 num_classes: int, seed: int, rank: int, mix_probs: tuple[float, ...] | None = None) -> None:
         self.shapes = shapes
         self.mixes: dict[str, tuple[Mix, float]] = {name: (MIXES.get(name), param) for name, param in mixes.items()}
         self.mix_prob, self.num_classes, self.seed, self.rank = mix_prob, num_classes, seed, rank
+        self.mix_probs = mix_probs  # one probability per mix (seed 004); None: mix_prob, then one mix uniformly
 
     @property
     def enabled(self) -> bool:
@@ -170,12 +171,16 @@ class BatchAugment:
     def pick(self, epoch: int, step: int) -> tuple[str | None, np.random.Generator]:
         """The mix of a step (None: this batch stays unmixed) and the Generator it goes on drawing from."""
         rng = np.random.default_rng([MIX_STREAM, self.seed, epoch, step, self.rank])
+        if self.mix_probs is not None:  # mix i on its own share of [0, 1), none on the rest
+            which = int(np.searchsorted(np.cumsum(self.mix_probs), rng.random(), side="right"))
+            return (list(self.mixes)[which] if which < len(self.mixes) else None), rng
         apply, which = rng.random() < self.mix_prob, int(rng.integers(len(self.mixes)))
         return (list(self.mixes)[which] if apply else None), rng
 
     def mix(self, images: torch.Tensor, targets: torch.Tensor, *, epoch: int,
             step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """With probability mix_prob, one of the mixes (uniformly); otherwise the batch as it was."""
+        """With probability mix_prob, one of the mixes (uniformly), or each mix with its own probability (mix_probs);
+        otherwise the batch as it was."""
         name, rng = self.pick(epoch, step)
         if name is None:
             return images, targets
@@ -195,7 +200,10 @@ class BatchAugment:
         parts = []
         if self.shapes:
             parts.append("multi-scale " + ", ".join(f"{h}x{w}" for h, w in self.shapes))
-        if self.mixes:
+        if self.mixes and self.mix_probs is not None:
+            parts.append(" / ".join(f"{name} {param:g} with p {p:g}"
+                                    for (name, (_, param)), p in zip(self.mixes.items(), self.mix_probs)))
+        elif self.mixes:
             mixes = " / ".join(f"{name} {param:g}" for name, (_, param) in self.mixes.items())
             parts.append(f"{mixes} with p {self.mix_prob:g}")
         return "; ".join(parts) or "no batch augmentation"
@@ -217,8 +225,10 @@ def build_batch_augment(
     cutmix: float | None = None,
     ricap: float | None = None,
     mix_prob: float = 1.0,
+    mix_probs: Sequence[float] | None = None,
 ) -> BatchAugment:
-    """The training step's batch transform. mixup/cutmix take Beta alphas, ricap its beta; None leaves one out."""
+    """The training step's batch transform. mixup/cutmix take Beta alphas, ricap its beta; None leaves one out.
+    ``mix_probs``: one probability per given mix, in the order mixup, cutmix, ricap, instead of ``mix_prob``."""
     if multi_scale_sizes and not multi_scale:
         raise ValueError("--multi_scale_sizes only takes effect with --multi_scale; add --multi_scale")
     if not 0.0 <= mix_prob <= 1.0:
@@ -228,6 +238,10 @@ def build_batch_augment(
     bad = {name: param for name, param in mixes.items() if not param > 0}
     if bad:
         raise ValueError(f"Beta parameters must be > 0, got {bad}; drop the flag to switch a mix off")
+    if mix_probs is not None and (len(mix_probs) != len(mixes) or not all(0 <= p <= 1 for p in mix_probs)
+                                  or sum(mix_probs) > 1 + 1e-9):
+        raise ValueError(f"--mix_probs {' '.join(map(str, mix_probs))}: give one probability in [0, 1] per mix set "
+                         f"({', '.join(mixes) or 'none'}: in the order --mixup, --cutmix, --ricap), summing to <= 1")
     shapes = multi_scale_shapes(image_size, multi_scale_sizes) if multi_scale else None
     return BatchAugment(shapes=shapes, mixes=mixes, mix_prob=mix_prob, num_classes=num_classes, seed=seed,
-                        rank=rank)
+                        rank=rank, mix_probs=tuple(mix_probs) if mix_probs is not None else None)

@@ -86,6 +86,7 @@ FLAG_SETS = {
                         "8", "16", "--gridmask_ratio", "0.3", "0.5", "--gridmask_rotate", "10"],
                        {"aug": "vflip,cutout,erasing,gridmask", "vflip_p": 0.3, "cutout_length": 6,
                         "erasing_scale": [0.05, 0.2], "erasing_value": "0", "gridmask_d": [8, 16]}),
+    "mix_probs": (["--mixup", "--cutmix", "--mix_probs", "0.3", "0.5"], {"mix_probs": [0.3, 0.5]}),
     "cosine_min_lr": (["--lr_schedule", "cosine", "--min_lr", "1e-5"], {"min_lr": 1e-5}),
     "multistep_lr_steps": (["--lr_schedule", "multistep", "--milestones", "1", "--lr_steps", "1e-3", "1e-4"],
                            {"lr_steps": [1e-3, 1e-4]}),

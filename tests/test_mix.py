@@ -155,6 +155,21 @@ def test_mixes_are_picked_per_batch_with_the_probability_and_repeat_from_the_see
     assert not torch.equal(same[0][1], other_step[1]) and not torch.equal(same[0][1], other_rank[1])
 
 
+def test_each_mix_with_its_own_probability():
+    """--mix_probs (seed 004): cutmix on 50% of the batches, mixup on 20%, none on 30%; the same picks from the
+    seed; the wrong count or a sum over 1 is refused."""
+    augment = batch_augment(mixup=0.8, cutmix=1.0, mix_probs=[0.2, 0.5])
+    picks = [augment.pick(epoch=2, step=s)[0] for s in range(1000)]
+    assert abs(picks.count("mixup") / 1000 - 0.2) < 0.05 and abs(picks.count("cutmix") / 1000 - 0.5) < 0.05
+    assert abs(picks.count(None) / 1000 - 0.3) < 0.05
+    assert picks == [batch_augment(mixup=0.8, cutmix=1.0, mix_probs=[0.2, 0.5]).pick(epoch=2, step=s)[0]
+                     for s in range(1000)]
+    assert "mixup 0.8 with p 0.2 / cutmix 1 with p 0.5" in augment.describe()
+    for bad in ([0.5], [0.6, 0.6], [-0.1, 0.5]):
+        with pytest.raises(ValueError, match="--mix_probs"):
+            batch_augment(mixup=0.8, cutmix=1.0, mix_probs=bad)
+
+
 def test_soft_targets_work_with_the_softmax_loss_and_train_accuracy():
     augment = batch_augment(ricap=0.3)
     images, labels = labelled_batch()

@@ -47,13 +47,15 @@ fi
 if [ "$WHICH" = augmentation ] || [ "$WHICH" = all ]; then
   run strategy_aug_none
   run strategy_aug_basic --aug basic
+  run strategy_aug_myaugment --aug myaugment  # the main seed's default for a bare --aug
   run strategy_aug_autoaugment --aug basic,autoaugment
   run strategy_aug_mixup --aug basic --mixup 0.2
   run strategy_aug_cutmix --aug basic --cutmix 1.0
   run strategy_aug_erasing --aug basic,erasing
   run strategy_aug_multi_scale --aug basic --multi_scale
   $PY -m utils.results_table checkpoints/strategy_aug_none checkpoints/strategy_aug_basic \
-    checkpoints/strategy_aug_autoaugment checkpoints/strategy_aug_mixup checkpoints/strategy_aug_cutmix \
+    checkpoints/strategy_aug_myaugment checkpoints/strategy_aug_autoaugment checkpoints/strategy_aug_mixup \
+    checkpoints/strategy_aug_cutmix \
     checkpoints/strategy_aug_erasing checkpoints/strategy_aug_multi_scale \
     --strip strategy_aug_ | tee docs/results/strategy_augmentation.md
 fi

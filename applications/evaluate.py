@@ -13,7 +13,7 @@ from pathlib import Path
 from config import Config
 from dataloader.tta import build_tta
 from engine.components import loader_for, split_dataset_of
-from engine.inference import ensemble_weights, evaluation_report, gather_probs, load_predictor, resume_paths
+from engine.inference import ensemble_weights, evaluation_report, gather_probs, load_member, resume_paths
 from engine.job import open_job, resolve_config
 from utils.errors import UsageError
 from utils.metrics import classification_report, predicted_labels, write_report
@@ -51,10 +51,7 @@ def run_ensemble(cfg: Config, explicit: set[str], paths: list[str]) -> dict:
         weights = ensemble_weights(cfg.ensemble_weights, len(paths))
         probs, targets, class_names, members = None, None, None, []
         for path, weight in zip(paths, weights):
-            member = load_predictor(path, cfg, explicit, info.device)
-            if class_names is not None and member.class_names != class_names:
-                raise UsageError(f"--resume {path} predicts classes {member.class_names}, but {paths[0]} predicts "
-                                 f"{class_names}; ensemble members must share classes in the same order")
+            member = load_member(path, cfg, explicit, info.device, class_names, paths[0])
             class_names = member.class_names
             member_cfg = dataclasses.replace(split_cfg, image_size=list(member.image_size))
             dataset = split_dataset_of(member_cfg, cfg.split, class_names)

@@ -24,7 +24,7 @@ from dataloader import ImageClassificationDataset
 from dataloader.datasets import UNREADABLE, list_inputs
 from dataloader.tta import build_tta
 from engine.components import loader_for
-from engine.inference import Predictor, ensemble_weights, gather_probs, load_predictor, resume_paths
+from engine.inference import Predictor, ensemble_weights, gather_probs, load_member, resume_paths
 from engine.job import open_job
 from utils.checkpoint import atomic_write
 from utils.distributed import DistInfo
@@ -49,10 +49,7 @@ def run(cfg: Config, explicit: set[str]) -> Path:
         inputs = list_inputs(cfg.predict)
         names, probs, class_names, readable = [name for name, _ in inputs], None, None, None
         for path, weight in zip(paths, weights):
-            member = load_predictor(path, cfg, explicit, info.device)
-            if class_names is not None and member.class_names != class_names:
-                raise UsageError(f"--resume {path} predicts classes {member.class_names}, but {paths[0]} predicts "
-                                 f"{class_names}; ensemble members must share classes in the same order")
+            member = load_member(path, cfg, explicit, info.device, class_names, paths[0])
             class_names = member.class_names
             member_probs, readable = predict_member(member, inputs, cfg, info)
             probs = member_probs * weight if probs is None else probs + member_probs * weight

@@ -123,6 +123,17 @@ def ensemble_weights(weights: list[float] | None, count: int) -> list[float]:
     return [w / sum(weights) for w in weights]
 
 
+def load_member(path: str, cfg: Config, explicit: set[str], device: torch.device,
+                class_names: list[str] | None, first: str) -> "Predictor":
+    """One ensemble member (see load_predictor); its classes must be ``class_names`` (those of ``first``) when
+    an earlier member set them."""
+    member = load_predictor(path, cfg, explicit, device)
+    if class_names is not None and member.class_names != class_names:
+        raise UsageError(f"--resume {path} predicts classes {member.class_names}, but {first} predicts "
+                         f"{class_names}; ensemble members must share classes in the same order")
+    return member
+
+
 @dataclasses.dataclass
 class Predictor:
     """A trained model from any file we write: where it came from, its classes and input size, and

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from torch import nn
 
-import engine.training as train_app
 import main as entry
 from helpers import torchrun
 from optim import BackboneFreezer
@@ -47,24 +45,6 @@ def common_args(data: Path, out: Path, name: str) -> list[str]:
             "--image_size", "32", "32", "--checkpoint_dir", str(out / "ck"), "--log_dir", str(out / "logs"),
             "--name", name, "--device", "cpu", "--no-amp", "--no-channels_last", "--optimizer", "sgd", "--lr", "0.05",
             "--seed", "3"]
-
-
-@pytest.fixture()
-def recorded(monkeypatch) -> dict:
-    """State of the model when training wraps it (start of the run) and when each epoch's validation starts."""
-    records: dict = {"wrapped": [], "epochs": []}
-
-    def snapshot(model: nn.Module) -> dict:
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        state["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
-        return state
-
-    wrap_ddp, validate = train_app.wrap_ddp, train_app.validate
-    monkeypatch.setattr(train_app, "wrap_ddp", lambda model, info: records["wrapped"].append(snapshot(model))
-                        or wrap_ddp(model, info))
-    monkeypatch.setattr(train_app, "validate", lambda model, *a, **k: records["epochs"].append(snapshot(model))
-                        or validate(model, *a, **k))
-    return records
 
 
 def test_backbone_and_its_batchnorm_stats_stay_frozen_then_train(tiny_digits, tmp_path, recorded):

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-import engine.training as train_app
 import main as entry
 from config import Config
 from dataloader.preprocess import load_image_tensor, normalize_on_device
@@ -40,24 +39,6 @@ def common_args(data: Path, out: Path, name: str, *extra: str) -> list[str]:
 
 def lora_args(data: Path, out: Path, name: str, base: Path, *extra: str) -> list[str]:
     return common_args(data, out, name, "--pretrained", str(base), "--lora", "4", *extra)
-
-
-@pytest.fixture()
-def recorded(monkeypatch) -> dict:
-    """The model's state when training wraps it (start of the run) and when each epoch's validation starts."""
-    records: dict = {"wrapped": [], "epochs": []}
-
-    def snapshot(model: nn.Module) -> dict:
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        state["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
-        return state
-
-    wrap_ddp, validate = train_app.wrap_ddp, train_app.validate
-    monkeypatch.setattr(train_app, "wrap_ddp", lambda model, info: records["wrapped"].append(snapshot(model))
-                        or wrap_ddp(model, info))
-    monkeypatch.setattr(train_app, "validate", lambda model, *a, **k: records["epochs"].append(snapshot(model))
-                        or validate(model, *a, **k))
-    return records
 
 
 def test_default_targets_per_family():

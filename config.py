@@ -17,6 +17,10 @@ class Config:
     # data
     data: str = "data/digits"
     image_size: list[int] = field(default_factory=lambda: [32, 32])
+    resize_mode: str = "letterbox"  # or "crop": random resized crop in training, centre crop in evaluation
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    crop_pct: float = 0.875
     num_classes: int | None = None
     val_ratio: float = 0.1
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
@@ -294,7 +298,8 @@ def _ratio(text: str) -> float:
 # The seeds' spellings, accepted and stored as the names this project uses (README: "Seed spellings").
 SEED_SPELLINGS = {
     "model": {"mobilenetv3_small": "mobilenet_v3_small", "mobilenetv3_large": "mobilenet_v3_large",
-              "efficientnet-b0": "efficientnet_b0", "efficientnet-b4": "efficientnet_b4"},
+              "efficientnet-b0": "efficientnet_b0", "efficientnet-b4": "efficientnet_b4",
+              "ghostnet": "ghostnet_100"},
     "criterion": {"sigmoid": "bce"},
 }
 
@@ -311,7 +316,18 @@ def _data_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=d.data, help="data root with train/ [val/] [test/] folders or <split>.csv")
     g.add_argument("--image_size", type=_positive_int, nargs=2, default=d.image_size, metavar=("H", "W"),
-                   help="network input; images are letterboxed (aspect kept, padded with 0)")
+                   help="network input; images are fitted to it as --resize_mode says")
+    g.add_argument("--resize_mode", choices=["letterbox", "crop"], default=d.resize_mode,
+                   help="letterbox: keep the aspect ratio and pad with 0 (the default); crop: torchvision's recipe, "
+                        "a random resized crop (--crop_scale, --crop_ratio) in training and a centre crop of "
+                        "--crop_pct in evaluation. Stored in the checkpoint and every export")
+    g.add_argument("--crop_scale", type=float, nargs=2, default=d.crop_scale, metavar=("MIN", "MAX"),
+                   help="--resize_mode crop, training: the crop's share of the image's area")
+    g.add_argument("--crop_ratio", type=float, nargs=2, default=d.crop_ratio, metavar=("MIN", "MAX"),
+                   help="--resize_mode crop, training: the crop's aspect ratio range (width / height)")
+    g.add_argument("--crop_pct", type=float, default=d.crop_pct, metavar="P",
+                   help="--resize_mode crop, evaluation: resize so that the input is the centre P of the short "
+                        "side (timm's crop_pct; 1 keeps the whole short side)")
     g.add_argument("--num_classes", type=_positive_int, default=d.num_classes,
                    help="number of classes; inferred from the data when omitted, checked when given")
     g.add_argument("--val_ratio", type=_ratio, default=d.val_ratio,

@@ -53,7 +53,7 @@ def run_ensemble(cfg: Config, explicit: set[str], paths: list[str]) -> dict:
         for path, weight in zip(paths, weights):
             member = load_member(path, cfg, explicit, info.device, class_names, paths[0])
             class_names = member.class_names
-            member_cfg = dataclasses.replace(split_cfg, image_size=list(member.image_size))
+            member_cfg = dataclasses.replace(split_cfg, image_size=list(member.image_size), **member.fitting)
             dataset = split_dataset_of(member_cfg, cfg.split, class_names)
             tta = build_tta(cfg.tta, image_size=member.image_size)
             _, member_probs, targets = gather_probs(member.probs, loader_for(dataset, cfg, info), info.device, tta)

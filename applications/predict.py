@@ -76,7 +76,7 @@ def predict_member(member: Predictor, inputs: list[tuple[str, Path]], cfg: Confi
                          "checkpoint instead")
     samples = [(str(path), -1) for _, path in inputs]  # no labels: -1
     dataset = ImageClassificationDataset(samples, member.class_names, image_size=member.image_size, seed=cfg.seed,
-                                         skip_unreadable=True)
+                                         skip_unreadable=True, **member.fitting)
     indices, probs, targets = gather_probs(member.probs, loader_for(dataset, cfg, info), info.device, tta)
     assert torch.equal(indices.cpu(), torch.arange(len(inputs))), "gathered predictions are not one per input"
     readable = (targets != UNREADABLE).cpu()

@@ -31,7 +31,7 @@ from config import Config
 from dataloader import ImageClassificationDataset
 from dataloader.datasets import SPLITS, list_inputs
 from dataloader.preprocess import normalize_on_device
-from engine.components import loader_for, model_from_checkpoint, preprocessing_of, split_dataset_of
+from engine.components import fitting_of, loader_for, model_from_checkpoint, preprocessing_of, split_dataset_of
 from engine.job import open_job
 from models.heads import get_classifier
 from utils.checkpoint import atomic_write
@@ -133,7 +133,8 @@ def visual_dataset(cfg: Config, class_names: list[str]) -> tuple[ImageClassifica
     # a class-named first folder gives the true class (folder layout); otherwise it is unknown (-1)
     samples = [(str(path), to_index.get(Path(name).parts[0], -1) if len(Path(name).parts) > 1 else -1)
                for name, path in list_inputs(folder, "--visual_data")]
-    dataset = ImageClassificationDataset(samples, class_names, image_size=tuple(cfg.image_size), seed=cfg.seed)
+    dataset = ImageClassificationDataset(samples, class_names, image_size=tuple(cfg.image_size), seed=cfg.seed,
+                                         **fitting_of(cfg))
     return dataset, folder.name or "images"
 
 
@@ -157,7 +158,7 @@ def run(cfg: Config, explicit: set[str]) -> Path:
         dataset, source = visual_dataset(cfg, class_names)
         count = min(cfg.visual_limit, len(dataset))
         subset = ImageClassificationDataset(dataset.samples[:count], class_names, image_size=dataset.image_size,
-                                            seed=cfg.seed)
+                                            seed=cfg.seed, **fitting_of(cfg))
         out_dir = Path(cfg.output) if cfg.output else Path(cfg.resume).parent / f"cam_{method}_{source}"
         preprocessing = preprocessing_of(cfg)
         example = normalize_on_device(subset[0][0][None].to(info.device), preprocessing.mean, preprocessing.std)

@@ -30,7 +30,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dataloader.augment import DEFAULT_OPTIONS, AugmentOptions, build_augmentation, parse_aug
-from dataloader.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, letterbox_resize, to_chw_uint8
+from dataloader.preprocess import (IMAGE_EXTENSIONS, ImageDecodeError, Preprocessing, decode_image,
+                                   random_resized_crop, to_chw_uint8)
 from dataloader.sampler import ClassBalancedDistributedSampler
 from utils.errors import DataError
 
@@ -212,6 +213,7 @@ def parse_key(key: int | tuple[int, ...]) -> tuple[int, int, int]:
     return int(key), 0, 0
 
 
+CROP_STREAM = 1  # the random resized crop's generator: [seed, epoch, index, draw, CROP_STREAM]
 UNREADABLE = -2  # the label of an image that could not be decoded, with skip_unreadable (unlabelled images are -1)
 
 
@@ -221,9 +223,10 @@ class ImageClassificationDataset(Dataset):
     With `skip_unreadable` an image that cannot be decoded yields a blank image labelled `UNREADABLE` instead of
     an error, so a prediction job can classify every readable file and list the others.
 
-    Images are decoded and letterboxed to `image_size`; `aug` names the augmentations that follow
-    (`dataloader.augment`, e.g. "myaugment,erasing"; True means "basic"), seeded by (seed, epoch, index).
-    A plain int key means epoch 0.
+    Images are decoded and fitted to `image_size` as `resize_mode` says (letterbox, or crop: the centre
+    `crop_pct`); with `train_crop` = (scale, ratio) in crop mode each item is a random resized crop instead.
+    `aug` names the augmentations that follow (`dataloader.augment`, e.g. "myaugment,erasing"; True means
+    "basic"). Randomness is seeded by (seed, epoch, index). A plain int key means epoch 0.
     """
 
     def __init__(
@@ -237,6 +240,9 @@ class ImageClassificationDataset(Dataset):
         seed: int = 0,
         pad_value: int = 0,
         skip_unreadable: bool = False,
+        resize_mode: str = "letterbox",
+        crop_pct: float = 0.875,
+        train_crop: tuple[tuple[float, float], tuple[float, float]] | None = None,
     ) -> None:
         if seed < 0:
             raise ValueError(f"seed must be >= 0 (numpy seed sequences), got {seed}")
@@ -249,17 +255,25 @@ class ImageClassificationDataset(Dataset):
         self.seed = seed
         self.pad_value = pad_value
         self.skip_unreadable = skip_unreadable
+        # the evaluation geometry; mean/std are applied on the device, not here
+        self.fitting = Preprocessing(self.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), pad_value=pad_value,
+                                     resize_mode=resize_mode, crop_pct=crop_pct)
+        self.train_crop = train_crop if resize_mode == "crop" else None
         self._cache: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def cache_in_ram(self, threads: int | None = None) -> float:
-        """Decode and letterbox every image once into one uint8 array; returns its size in GiB.
+        """Decode and fit every image once into one uint8 array; returns its size in GiB.
 
         Loader workers are forked after this, so they share the array copy-on-write instead of decoding
-        again every epoch. Augmentation still runs per item on top of the cached letterboxed image.
+        again every epoch. Augmentation still runs per item on top of the cached image. A random resized crop
+        needs the whole image each time, so a `train_crop` dataset refuses the cache.
         """
+        if self.train_crop is not None:
+            raise ValueError("--cache_images ram keeps images at the input size, but --resize_mode crop cuts each "
+                             "train image afresh from the whole picture every epoch: drop one of the two")
         h, w = self.image_size
         need = len(self) * h * w * 3
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -270,7 +284,7 @@ class ImageClassificationDataset(Dataset):
         cache = np.empty((len(self), h, w, 3), dtype=np.uint8)
 
         def load(i: int) -> None:
-            cache[i] = letterbox_resize(decode_image(self.samples[i][0]), self.image_size, self.pad_value)
+            cache[i] = self.fitting.fit(decode_image(self.samples[i][0]))
 
         with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:  # OpenCV releases the GIL
             list(pool.map(load, range(len(self))))
@@ -284,7 +298,7 @@ class ImageClassificationDataset(Dataset):
             image = self._cache[index]  # never written to: augmentation and to_chw_uint8 copy
         else:
             try:
-                image = letterbox_resize(decode_image(path), self.image_size, self.pad_value)
+                image = self._fit(decode_image(path), epoch, index, draw)
             except (ImageDecodeError, OSError):
                 if not self.skip_unreadable:
                     raise
@@ -294,9 +308,16 @@ class ImageClassificationDataset(Dataset):
             image = self.augment(image, seed=self.seed, epoch=epoch, index=index, draw=draw)
         return to_chw_uint8(image), label, index
 
+    def _fit(self, image: np.ndarray, epoch: int, index: int, draw: int) -> np.ndarray:
+        if self.train_crop is None:
+            return self.fitting.fit(image)
+        # its own stream, so that the crop and the augmentations after it draw independent numbers
+        rng = np.random.default_rng([self.seed, epoch, index, draw, CROP_STREAM])
+        return random_resized_crop(image, self.image_size, rng, *self.train_crop)
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({len(self)} images, {len(self.class_names)} classes, "
-                f"image_size={self.image_size}, aug={self.aug!r})")
+                f"image_size={self.image_size}, resize_mode={self.fitting.resize_mode!r}, aug={self.aug!r})")
 
 
 def _make_dataset(samples: list[Sample], class_names: list[str], **kwargs) -> ImageClassificationDataset:
@@ -329,22 +350,28 @@ def build_datasets(
     fold: int = 0,
     extra_train: str | os.PathLike | None = None,
     extra_weight: float = 1.0,
+    resize_mode: str = "letterbox",
+    crop_pct: float = 0.875,
+    train_crop: tuple[tuple[float, float], tuple[float, float]] | None = None,
 ) -> DataSplits:
     """Discover train/val/test under `data_root` and build their datasets (augmentation on train only).
 
     Without a val split, `val_ratio` of train (stratified, fixed by `seed`) becomes val; 0 means no val. With
     `kfold`, val is fold `fold` of a stratified K-fold split of train and train the other folds. `extra_train`
     (a folder of class folders or a CSV list, see `read_extra_set`) is appended to train after val was carved,
-    each of its images with the loss weight `extra_weight` (`DataSplits.train_weights`).
+    each of its images with the loss weight `extra_weight` (`DataSplits.train_weights`). `resize_mode` and
+    `crop_pct` fit every split to `image_size`; in crop mode, train draws random resized crops per `train_crop`.
     """
     splits, class_names, val_source = _discover_all(os.fspath(data_root), val_ratio, seed, kfold, fold)
     extra = read_extra_set(extra_train, class_names) if extra_train is not None else []
     weights = None
     if extra:
         weights = np.concatenate([np.ones(len(splits["train"])), np.full(len(extra), float(extra_weight))])
-    make = {"class_names": class_names, "image_size": image_size, "seed": seed}
+    make = {"class_names": class_names, "image_size": image_size, "seed": seed, "resize_mode": resize_mode,
+            "crop_pct": crop_pct}
     return DataSplits(
-        train=_make_dataset(splits["train"] + extra, aug=aug, aug_options=aug_options, **make),
+        train=_make_dataset(splits["train"] + extra, aug=aug, aug_options=aug_options, train_crop=train_crop,
+                            **make),
         val=_make_dataset(splits["val"], **make) if splits["val"] else None,
         test=_make_dataset(splits["test"], **make) if splits["test"] else None,
         class_names=class_names,
@@ -386,8 +413,11 @@ def build_split_dataset(
     seed: int = 0,
     kfold: int | None = None,
     fold: int = 0,
+    resize_mode: str = "letterbox",
+    crop_pct: float = 0.875,
 ) -> ImageClassificationDataset:
-    """One split, without augmentation, labelled with `class_names` (e.g. those stored in a checkpoint).
+    """One split, without augmentation, labelled with `class_names` (e.g. those stored in a checkpoint), fitted to
+    `image_size` as `resize_mode` says.
 
     'train' and 'val' are the same images training used: when val is carved out of train, pass the training
     run's `val_ratio` and `seed` (and `kfold`, `fold`).
@@ -402,7 +432,8 @@ def build_split_dataset(
     if splits[split] is None:
         raise FileNotFoundError(f"no '{split}' split under '{data_root}': {_expected_layout(data_root)}")
     _check_classes(splits[split], list(class_names), split, data_root)
-    return _make_dataset(splits[split], class_names=list(class_names), image_size=image_size, seed=seed)
+    return _make_dataset(splits[split], class_names=list(class_names), image_size=image_size, seed=seed,
+                         resize_mode=resize_mode, crop_pct=crop_pct)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -308,6 +308,9 @@ class EncodedImageDataset(Dataset):
                 f"--decode device supports only --aug basic (flip + light affine, applied on the device), got "
                 f"--aug {dataset.aug}: the other augmentations run per image in the loader workers, on decoded "
                 "images. Use --aug basic, or --decode loader (the default) for every --aug")
+        if dataset.fitting.resize_mode != "letterbox":
+            raise ValueError(f"--decode device letterboxes on the device; --resize_mode "
+                             f"{dataset.fitting.resize_mode} needs --decode loader (the default)")
         self.dataset = dataset
         self.samples, self.targets, self.class_names = dataset.samples, dataset.targets, dataset.class_names
         self.image_size, self.pad_value, self.seed, self.aug = (dataset.image_size, dataset.pad_value, dataset.seed,

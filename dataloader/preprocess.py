@@ -1,8 +1,13 @@
 """The one place the image preprocessing is defined.
 
 Training, evaluation, the demo and exported models all go through these functions, so a checkpoint's stored
-`Preprocessing` reproduces exactly what the network saw: decode to RGB uint8, letterbox (scale the long side,
-keep the aspect ratio, centre, pad) to the input size, then normalise with mean/std on the device.
+`Preprocessing` reproduces exactly what the network saw: decode to RGB uint8, fit to the input size, then
+normalise with mean/std on the device. Two ways to fit (``resize_mode``):
+
+- letterbox (default): scale the long side to the input, keep the aspect ratio, centre, pad with `pad_value`;
+- crop (torchvision's reference recipe): scale so that the input covers `crop_pct` of the image's short side,
+  keeping the aspect ratio, and take the centre. Training then draws a random resized crop instead
+  (`random_resized_crop`, scale and ratio from the run's flags).
 
 This module needs only numpy, OpenCV and torch: the demo imports it without any training code.
 """
@@ -18,6 +23,7 @@ import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_MODES = ("letterbox", "crop")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -35,6 +41,8 @@ class Preprocessing:
     std: tuple[float, float, float]
     pad_value: int = 0
     channel_order: str = "RGB"
+    resize_mode: str = "letterbox"  # see RESIZE_MODES; files written before it existed mean letterbox
+    crop_pct: float = 0.875  # resize_mode crop: the share of the resized image's short side the input keeps
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. from JSON) but store tuples so instances compare and hash predictably.
@@ -48,6 +56,17 @@ class Preprocessing:
             raise ValueError(f"mean and std need 3 values each (std > 0), got mean={self.mean} std={self.std}")
         if self.channel_order != "RGB":
             raise ValueError(f"only channel_order='RGB' is supported, got {self.channel_order!r}")
+        self.crop_pct = float(self.crop_pct)
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {list(RESIZE_MODES)}, got {self.resize_mode!r}")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+
+    def fit(self, image: np.ndarray) -> np.ndarray:
+        """An HxWxC image at the network's input size, as evaluation, the demo and every export see it."""
+        if self.resize_mode == "crop":
+            return center_crop_resize(image, self.image_size, self.crop_pct)
+        return letterbox_resize(image, self.image_size, self.pad_value)
 
     def to_dict(self) -> dict:
         """Plain-type dict (lists, ints, floats, str) that survives JSON, torch.save and TorchScript extra files."""
@@ -187,6 +206,62 @@ def letterbox_resize(image: np.ndarray, size: tuple[int, int], pad_value: int = 
     return canvas
 
 
+def _resize(image: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """cv2.resize to (new_h, new_w): INTER_AREA when shrinking (no aliasing), INTER_LINEAR otherwise; keeps a
+    single channel axis."""
+    h, w = image.shape[:2]
+    if (new_h, new_w) == (h, w):
+        return image
+    interpolation = cv2.INTER_AREA if new_h * new_w < h * w else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    return resized[:, :, None] if image.ndim == 3 and resized.ndim == 2 else resized
+
+
+def center_crop_geometry(height: int, width: int, size: tuple[int, int],
+                         crop_pct: float) -> tuple[int, int, int, int]:
+    """Where `center_crop_resize` cuts: the image scaled to `(new_h, new_w)` (aspect kept) so that `size` = (H, W)
+    is `crop_pct` of it along the tighter side, then cropped at `(top, left)`: `(top, left, new_h, new_w)`."""
+    out_h, out_w = int(size[0]), int(size[1])
+    scale = max(out_h / (crop_pct * height), out_w / (crop_pct * width))
+    new_h = max(out_h, int(round(height * scale)))
+    new_w = max(out_w, int(round(width * scale)))
+    return (new_h - out_h) // 2, (new_w - out_w) // 2, new_h, new_w
+
+
+def center_crop_resize(image: np.ndarray, size: tuple[int, int], crop_pct: float = 0.875) -> np.ndarray:
+    """Evaluation in `resize_mode` crop: resize keeping the aspect ratio so that the input covers `crop_pct` of the
+    short side (torchvision's Resize(size / crop_pct) + CenterCrop(size)), then take the centre `size`."""
+    top, left, new_h, new_w = center_crop_geometry(*image.shape[:2], size, crop_pct)
+    resized = _resize(image, new_h, new_w)
+    return np.ascontiguousarray(resized[top:top + int(size[0]), left:left + int(size[1])])
+
+
+def random_resized_crop(image: np.ndarray, size: tuple[int, int], rng: np.random.Generator,
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+    """Training in `resize_mode` crop: torchvision's RandomResizedCrop. A region of `scale` of the image's area with
+    an aspect ratio drawn log-uniformly from `ratio` (10 tries, then the centre at the nearest allowed ratio),
+    resized to `size` = (H, W)."""
+    h, w = image.shape[:2]
+    log_ratio = np.log(ratio)
+    for _ in range(10):
+        area = h * w * rng.uniform(scale[0], scale[1])
+        aspect = float(np.exp(rng.uniform(log_ratio[0], log_ratio[1])))
+        crop_w, crop_h = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+        if 0 < crop_w <= w and 0 < crop_h <= h:
+            top, left = int(rng.integers(0, h - crop_h + 1)), int(rng.integers(0, w - crop_w + 1))
+            break
+    else:
+        crop_h, crop_w = h, w
+        if w / h < ratio[0]:
+            crop_h = min(h, max(1, int(round(w / ratio[0]))))
+        elif w / h > ratio[1]:
+            crop_w = min(w, max(1, int(round(h * ratio[1]))))
+        top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    crop = image[top:top + crop_h, left:left + crop_w]
+    return np.ascontiguousarray(_resize(crop, int(size[0]), int(size[1])))
+
+
 def to_chw_uint8(image: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 array to a contiguous uint8 CHW tensor (normalisation happens later, on the device)."""
     if image.dtype != np.uint8 or image.ndim != 3:
@@ -220,6 +295,5 @@ def normalize_on_device(
 
 
 def load_image_tensor(path: str | os.PathLike, preprocessing: Preprocessing) -> torch.Tensor:
-    """Decode + letterbox one file into the uint8 CHW tensor the network's input pipeline expects."""
-    image = letterbox_resize(decode_image(path), preprocessing.image_size, preprocessing.pad_value)
-    return to_chw_uint8(image)
+    """Decode + fit (letterbox or centre crop) one file into the uint8 CHW tensor the network's input expects."""
+    return to_chw_uint8(preprocessing.fit(decode_image(path)))

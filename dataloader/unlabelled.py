@@ -27,12 +27,14 @@ PSEUDO_LABEL_COLUMNS = ("path", "label", "confidence", "round")
 
 
 def unlabelled_dataset(source: str | os.PathLike, class_names: list[str], *, image_size, flag: str,
-                       aug: str | None = None, seed: int = 0) -> tuple[ImageClassificationDataset, list[str]]:
+                       aug: str | None = None, seed: int = 0,
+                       **fitting) -> tuple[ImageClassificationDataset, list[str]]:
     """The images of a folder (recursively) or CSV list, labelled -1, and their names as ``source`` gives them
-    (relative to the folder, or as listed). ``flag`` names the option in errors."""
+    (relative to the folder, or as listed). ``flag`` names the option in errors; ``fitting`` (resize_mode,
+    crop_pct, train_crop) goes to the dataset."""
     inputs = list_inputs(source, flag)
     dataset = ImageClassificationDataset([(str(path), UNLABELLED) for _, path in inputs], class_names,
-                                         image_size=image_size, aug=aug, seed=seed)
+                                         image_size=image_size, aug=aug, seed=seed, **fitting)
     return dataset, [name for name, _ in inputs]
 
 

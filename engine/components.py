@@ -25,7 +25,30 @@ from utils.logger import get_logger
 
 
 def preprocessing_of(cfg: Config) -> Preprocessing:
-    return Preprocessing(image_size=tuple(cfg.image_size), mean=tuple(cfg.mean), std=tuple(cfg.std))
+    try:
+        return Preprocessing(image_size=tuple(cfg.image_size), mean=tuple(cfg.mean), std=tuple(cfg.std),
+                             resize_mode=cfg.resize_mode, crop_pct=cfg.crop_pct)
+    except ValueError as error:
+        raise UsageError(f"--crop_pct {cfg.crop_pct}: must be in (0, 1]" if "crop_pct" in str(error)
+                         else str(error)) from None
+
+
+def fitting_of(cfg: Config) -> dict:
+    """How every split is fitted to the input size (``--resize_mode``, ``--crop_pct``), as dataset keywords."""
+    preprocessing = preprocessing_of(cfg)
+    return {"resize_mode": preprocessing.resize_mode, "crop_pct": preprocessing.crop_pct}
+
+
+def train_crop_of(cfg: Config) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """``--resize_mode crop``'s random resized crop for train, (scale, ratio); None in letterbox mode."""
+    if cfg.resize_mode != "crop":
+        return None
+    scale, ratio = tuple(cfg.crop_scale), tuple(cfg.crop_ratio)
+    if not 0 < scale[0] <= scale[1] <= 1:
+        raise UsageError(f"--crop_scale {scale[0]} {scale[1]}: need 0 < MIN <= MAX <= 1 (shares of the image's area)")
+    if not 0 < ratio[0] <= ratio[1]:
+        raise UsageError(f"--crop_ratio {ratio[0]} {ratio[1]}: need 0 < MIN <= MAX (width / height)")
+    return scale, ratio
 
 
 def aug_options_of(cfg: Config) -> AugmentOptions:
@@ -48,16 +71,17 @@ def datasets_of(cfg: Config) -> DataSplits:
     """train / val / test of ``cfg.data`` with the train augmentation, carved by val ratio, seed and K-fold; train
     extended by ``--extra_train`` (weighted by ``--extra_weight``)."""
     return build_datasets(cfg.data, image_size=tuple(cfg.image_size), aug=cfg.aug, aug_options=aug_options_of(cfg),
-                          val_ratio=cfg.val_ratio,
-                          seed=cfg.seed, kfold=cfg.kfold, fold=cfg.fold, extra_train=cfg.extra_train,
-                          extra_weight=cfg.extra_weight)
+                          val_ratio=cfg.val_ratio, seed=cfg.seed, kfold=cfg.kfold, fold=cfg.fold,
+                          extra_train=cfg.extra_train, extra_weight=cfg.extra_weight, train_crop=train_crop_of(cfg),
+                          **fitting_of(cfg))
 
 
 def split_dataset_of(cfg: Config, split: str, class_names: list[str]):
     """One split of ``cfg.data`` without augmentation, carved exactly as the run of ``cfg`` carved it (val ratio,
     seed, K-fold)."""
     return build_split_dataset(cfg.data, split, image_size=tuple(cfg.image_size), class_names=class_names,
-                               val_ratio=cfg.val_ratio, seed=cfg.seed, kfold=cfg.kfold, fold=cfg.fold)
+                               val_ratio=cfg.val_ratio, seed=cfg.seed, kfold=cfg.kfold, fold=cfg.fold,
+                               **fitting_of(cfg))
 
 
 def loader_for(dataset, cfg: Config, info: DistInfo, *, train: bool = False, batch_size: int | None = None,

@@ -26,7 +26,7 @@ from torch import nn
 from config import Config
 from dataloader import build_split_dataset
 from dataloader.preprocess import Preprocessing
-from engine.components import model_from_checkpoint, preprocessing_of
+from engine.components import fitting_of, model_from_checkpoint, preprocessing_of
 from utils.checkpoint import Checkpoint
 from utils.logger import get_logger
 
@@ -237,12 +237,14 @@ def batch1_latency_ms(modules: dict[str, nn.Module], batch: torch.Tensor, *, rou
 
 
 def sample_images(cfg: Config, class_names: list[str], count: int = 16) -> torch.Tensor:
-    """A uint8 batch of real letterboxed images from the first split of the data set that exists."""
+    """A uint8 batch of real images, fitted as the run fits them, from the first split of the data set that
+    exists."""
     errors = []
     for split in (cfg.split, "test", "val", "train"):
         try:
             dataset = build_split_dataset(cfg.data, split, image_size=tuple(cfg.image_size),
-                                          class_names=class_names, val_ratio=cfg.val_ratio, seed=cfg.seed)
+                                          class_names=class_names, val_ratio=cfg.val_ratio, seed=cfg.seed,
+                                          **fitting_of(cfg))
         except (FileNotFoundError, ValueError) as exc:
             errors.append(f"{split}: {exc}")
             continue

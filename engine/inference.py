@@ -141,9 +141,18 @@ class Predictor:
 
     path: str
     class_names: list[str]
-    image_size: tuple[int, int]
+    preprocessing: Preprocessing
     probs: ProbsFn
     fixed_size: bool = False  # an ONNX graph built for one input size cannot take TTA's scale views
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.preprocessing.image_size)
+
+    @property
+    def fitting(self) -> dict:
+        """How images are fitted to the input (dataset keywords): the model's own resize mode."""
+        return {"resize_mode": self.preprocessing.resize_mode, "crop_pct": self.preprocessing.crop_pct}
 
 
 def load_predictor(path: str, cfg: Config, explicit: set[str], device: torch.device) -> Predictor:
@@ -162,7 +171,7 @@ def load_predictor(path: str, cfg: Config, explicit: set[str], device: torch.dev
     member_cfg, ckpt = resolve_config(dataclasses.replace(cfg, resume=path), explicit)
     member_cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, device)
     model = model_from_checkpoint(ckpt, member_cfg, device)
-    return Predictor(path, list(ckpt.class_names), tuple(member_cfg.image_size),
+    return Predictor(path, list(ckpt.class_names), preprocessing_of(member_cfg),
                      model_probs_fn(model, member_cfg, preprocessing_of(member_cfg), device))
 
 
@@ -177,7 +186,7 @@ def _torchscript_predictor(path: str, device: torch.device) -> Predictor:
         raise ValueError(f"--resume {path}: no embedded class names; export it with `main.py --jit`")
     preprocessing = Preprocessing.from_dict(json.loads(extra["preprocessing.json"]))
     module.eval()
-    return Predictor(path, json.loads(extra["class_names.json"]), tuple(preprocessing.image_size), module)
+    return Predictor(path, json.loads(extra["class_names.json"]), preprocessing, module)
 
 
 def _onnx_predictor(path: str) -> Predictor:
@@ -191,4 +200,4 @@ def _onnx_predictor(path: str) -> Predictor:
 
     def probs(images: torch.Tensor) -> torch.Tensor:
         return run_session(session, images.cpu()).to(images.device)
-    return Predictor(path, json.loads(meta["class_names"]), tuple(preprocessing.image_size), probs, fixed_size=True)
+    return Predictor(path, json.loads(meta["class_names"]), preprocessing, probs, fixed_size=True)

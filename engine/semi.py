@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from config import Config
 from dataloader import EncodedImageDataset, Preprocessing, normalize_on_device
 from dataloader.unlabelled import TwoViews, unlabelled_dataset
-from engine.components import loader_for
+from engine.components import fitting_of, loader_for, train_crop_of
 from engine.device import autocast, to_device_uint8
 from engine.inference import predict_probs
 from utils.distributed import DistInfo, broadcast_buffers, is_dist
@@ -66,7 +66,8 @@ def label_unlabelled(model: torch.nn.Module, source: str, class_names: list[str]
                      preprocessing: Preprocessing, info: DistInfo, *, threshold: float, round_: int) -> PseudoLabels:
     """Predict every image of ``source`` (a folder or CSV list) with ``model``, each once whatever the process count,
     and keep those whose top probability reaches ``threshold``. Identical on every rank."""
-    dataset, names = unlabelled_dataset(source, class_names, image_size=tuple(cfg.image_size), flag="--pseudo_label")
+    dataset, names = unlabelled_dataset(source, class_names, image_size=tuple(cfg.image_size), flag="--pseudo_label",
+                                        **fitting_of(cfg))
     files = [path for path, _ in dataset.samples]
     if cfg.decode == "device":  # workers only read the files; the prediction loop decodes on the device
         dataset = EncodedImageDataset(dataset)
@@ -158,7 +159,8 @@ def mean_teacher_from_config(cfg: Config, class_names: list[str], info: DistInfo
         raise ValueError("--mean_teacher runs labelled and unlabelled images in one batch at --image_size; "
                          "drop --multi_scale")
     dataset, _ = unlabelled_dataset(cfg.unlabeled, class_names, image_size=tuple(cfg.image_size), flag="--unlabeled",
-                                    aug=cfg.aug or "basic", seed=cfg.seed)
+                                    aug=cfg.aug or "basic", seed=cfg.seed, train_crop=train_crop_of(cfg),
+                                    **fitting_of(cfg))
     loader = loader_for(TwoViews(dataset), cfg, info, train=True, batch_size=cfg.unlabeled_batch_size)
     return MeanTeacher(loader, teacher, weight=cfg.consistency_weight, rampup_epochs=cfg.consistency_rampup,
                        preprocessing=preprocessing, cfg=cfg, device=info.device)

@@ -22,7 +22,8 @@ from criterions import resolve_head
 from dataloader import DataSplits, Preprocessing, encode_splits, hard_labels
 from dataloader.unlabelled import with_extra_samples
 from engine.components import (base_reference, batch_augment_of, criterion_from_config, datasets_of, loader_for,
-                               new_model, optimizer_from_config, preprocessing_of, scheduler_from_config)
+                               new_model, optimizer_from_config, preprocessing_of, scheduler_from_config,
+                               train_crop_of)
 from engine.device import autocast, scores_to_probs, to_model_input
 from engine.inference import predict_logits
 from engine.job import Job, default_run_name, open_job, run_dir, seed_everything
@@ -57,6 +58,14 @@ def check_recipe(cfg: Config) -> None:
                                ("--warmup", cfg.warmup, 0), ("--image_size", min(cfg.image_size), 1)):
         if value < least:
             raise UsageError(f"{name} must be >= {least}, got {value}")
+    if cfg.resize_mode == "crop" and cfg.cache_images:
+        raise UsageError(f"--cache_images {cfg.cache_images} keeps images at the input size, but --resize_mode crop "
+                         "cuts each train image afresh from the whole picture every epoch: drop one of the two")
+    if cfg.resize_mode == "crop" and cfg.decode == "device":
+        raise UsageError("--decode device letterboxes on the device; --resize_mode crop needs --decode loader "
+                         "(the default)")
+    train_crop_of(cfg)
+    preprocessing_of(cfg)
     check_finetuning(cfg)
 
 

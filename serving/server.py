@@ -62,13 +62,12 @@ class ServerSettings:
 
 def decode_image_bytes(data: bytes, name: str, preprocessing: runtime.Preprocessing) -> torch.Tensor:
     """Encoded image bytes to the uint8 CHW tensor ``load_image_tensor`` makes of the same file: the same checks
-    (empty, truncated PNG/JPEG), OpenCV decode, depth and channel conversion, letterbox."""
+    (empty, truncated PNG/JPEG), OpenCV decode, depth and channel conversion, letterbox or centre crop."""
     try:
         rgb = _preprocess.decode_image_bytes(data, name)
     except _preprocess.ImageDecodeError as exc:
         raise Problem(400, f"cannot decode image '{name}': {exc.reason}", "decode") from None
-    image = _preprocess.letterbox_resize(rgb, preprocessing.image_size, preprocessing.pad_value)
-    return _preprocess.to_chw_uint8(image)
+    return _preprocess.to_chw_uint8(preprocessing.fit(rgb))
 
 
 def top_classes(probs: torch.Tensor, class_names: list[str], k: int) -> list[list[dict]]:

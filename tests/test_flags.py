@@ -117,6 +117,8 @@ def test_every_flag_is_exercised_somewhere():
                          "onnx", "int8",  # tests/test_onnx.py (export, ONNX Runtime parity, int8)
                          "export",  # tests/test_export_more.py (AOTInductor and OpenVINO parity, demo, deploy.json)
                          "decode",  # decode: tests/test_gpu_decode.py (JPEG photos; digits are PNG; train, eval, DDP)
+                         # tests/test_resize_mode.py (geometry, datasets, checkpoint/export/demo/predict parity)
+                         "resize_mode", "crop_scale", "crop_ratio", "crop_pct",
                          # the lr finder trains nothing to check here: tests/test_lr_find.py
                          "lr_find", "lr_find_start", "lr_find_end", "lr_find_steps",
                          # tests/test_distill.py (knowledge files, offline/online distillation, K-fold)
@@ -289,6 +291,7 @@ def test_every_application_of_main_resolves_and_two_at_once_are_refused():
 @pytest.mark.parametrize("typed,model", [("mobilenetv3_small", "mobilenet_v3_small"),
                                          ("mobilenetv3_large", "mobilenet_v3_large"),
                                          ("efficientnet-b0", "efficientnet_b0"), ("efficientnet-b4", "efficientnet_b4"),
+                                         ("ghostnet", "ghostnet_100"),
                                          ("resnet18", "resnet18"), ("timm/mobilenetv3_small_100",
                                                                     "timm/mobilenetv3_small_100")])
 def test_the_main_seeds_model_spellings_resolve(typed, model):

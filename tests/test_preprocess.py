@@ -208,7 +208,7 @@ def test_preprocessing_round_trip_and_load(tmp_path):
     pre = Preprocessing(image_size=(20, 10), mean=IMAGENET_MEAN, std=IMAGENET_STD, pad_value=3)
     d = pre.to_dict()
     assert d == {"image_size": [20, 10], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                 "pad_value": 3, "channel_order": "RGB"}
+                 "pad_value": 3, "channel_order": "RGB", "resize_mode": "letterbox", "crop_pct": 0.875}
     assert Preprocessing.from_dict(d) == pre
     with pytest.raises(ValueError, match="unknown preprocessing keys"):
         Preprocessing.from_dict({**d, "resize": "stretch"})

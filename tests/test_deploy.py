@@ -2,6 +2,7 @@
 of benchmarks/deploy.py and benchmarks/models.py (tables only; no timing is asserted)."""
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -224,3 +225,20 @@ def test_models_benchmark_prints_the_model_table(tmp_path):
         for column in ("eager ms", "TorchScript ms", "ONNX Runtime ms", "best export speed-up vs eager"):
             positive_number(row[column])
     assert "CPU capability" in out and (tmp_path / "models.md").is_file()
+
+
+def test_models_benchmark_accuracy_columns_come_from_kept_runs(tiny_digits, tmp_path):
+    results = tmp_path / "results"
+    out = run([sys.executable, "benchmarks/models.py", "--models", "small_cnn", "--size", "32", "--iters", "2",
+               "--warmup", "1", "--threads", "1", "--accuracy_data", str(tiny_digits), "--accuracy_size", "16",
+               "--accuracy_epochs", "2", "--results", str(results)]).stdout
+    row = parse_markdown_table(out)[0]
+    kept = results / "small_cnn"
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "report.json", "summary.csv", "train.log"]
+    report = json.loads((kept / "report.json").read_text())
+    assert float(row["test top-1 % (16 px)"]) == pytest.approx(report["top1"], abs=0.006)
+    assert report["split"] == "test"
+    best_val = max(float(r["val_top1"]) for r in csv.DictReader(open(kept / "summary.csv")))
+    assert float(row["val top-1 % (16 px)"]) == pytest.approx(best_val, abs=0.006)
+    positive_number(row["train min"])
+    assert "Accuracy: trained from scratch" in out and "--optimizer adamw" in out

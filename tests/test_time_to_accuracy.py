@@ -75,3 +75,15 @@ def test_the_race_folder_links_the_evaluated_split_as_val(tiny_digits, tmp_path,
     race = race_folder(tiny_digits, split, tmp_path / "race")
     assert (race / "val").resolve() == (tiny_digits / split).resolve()
     assert (race / "train").resolve() == (tiny_digits / "train").resolve()
+
+
+def test_train_profile_accounts_for_the_whole_step(tiny_digits):
+    from benchmarks.common import parse_markdown_table
+
+    out = run([sys.executable, "benchmarks/train_profile.py", "--data", str(tiny_digits), "--model", "resnet9_half",
+               "--image_size", "16", "16", "-b", "8", "-j", "0", "--steps", "3", "--warmup", "1"]).stdout
+    rows = {r["group (self CPU time)"]: float(r["% of wall"]) for r in parse_markdown_table(out)}
+    assert rows["convolutions: dense 3x3"] > 10, rows
+    assert {"batch norm", "optimizer", "data: loader wait"} <= set(rows), rows
+    assert sum(rows.values()) == pytest.approx(100, abs=1.0)  # the groups and the remainder make up the wall time
+    assert "3 profiled steps after 1" in out and "CPU" in out

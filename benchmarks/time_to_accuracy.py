@@ -204,39 +204,46 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 def summarise(curves: list[Curve], targets: list[float], budgets: list[float], peaks: dict[str, float],
               images: int) -> tuple[list[str], dict]:
-    """The printed lines and the report's numbers."""
-    ours, timm = curves
+    """The printed lines and the report's numbers for one tool or the pair (then with ours / timm)."""
     lines, numbers = [], {"targets": {}, "budgets": {}}
     for curve in curves:
         rows = [[i + 1, f"{m:.2f}", f"{t:.2f}"] for i, (m, t) in enumerate(zip(curve.minutes, curve.top1))]
         lines += [f"{curve.tool}: {' '.join(curve.command)}", "", markdown_table(["epoch", "minutes", "top-1 %"], rows),
                   ""]
+    pair = len(curves) == 2
     rows = []
     for target in targets:
-        a, b = ours.minutes_to(target), timm.minutes_to(target)
-        ratio = a / b if a is not None and b is not None else None
-        numbers["targets"][str(target)] = {"ours_minutes": a, "timm_minutes": b, "ratio": ratio}
-        rows.append([f"time to {target:g}% (min)", fmt(a), fmt(b), fmt(ratio, 2) if ratio is not None else
-                     (f"< {a / timm.wall_minutes:.2f} (timm never reached it)" if a is not None else "-")])
+        times = [c.minutes_to(target) for c in curves]
+        entry = {f"{c.tool}_minutes": t for c, t in zip(curves, times)}
+        row = [f"time to {target:g}% (min)", *map(fmt, times)]
+        if pair:
+            a, b = times
+            entry["ratio"] = a / b if a is not None and b is not None else None
+            row.append(fmt(entry["ratio"], 2) if entry["ratio"] is not None else
+                       f"< {a / curves[1].wall_minutes:.2f} (timm never reached it)" if a is not None else "-")
+        numbers["targets"][str(target)] = entry
+        rows.append(row)
     for budget in budgets:
-        a, b = ours.top1_at(budget), timm.top1_at(budget)
-        numbers["budgets"][str(budget)] = {"ours_top1": a, "timm_top1": b}
-        rows.append([f"top-1 at {budget:g} min (%)", fmt(a, 2), fmt(b, 2),
-                     f"{a - b:+.2f} points" if a is not None and b is not None else "-"])
-    rows.append(["final top-1 (%)", fmt(ours.top1[-1], 2), fmt(timm.top1[-1], 2), ""])
-    rows.append(["wall time (min)", fmt(ours.wall_minutes), fmt(timm.wall_minutes), ""])
-    for curve in curves:
-        if curve.train_flops is not None:
-            rate = curve.train_flops * images * len(curve.top1) / (curve.wall_minutes * 60)
-            curve_peaks = {k: 100 * rate / v for k, v in peaks.items()}
-            numbers[f"{curve.tool}_effective_flops"] = rate
-            rows.append([f"{curve.tool}: effective training GFLOP/s (% of bf16 / fp32 matmul)",
-                         f"{rate / 1e9:.1f}" if curve.tool == "ours" else "",
-                         f"{rate / 1e9:.1f}" if curve.tool == "timm" else "",
-                         f"{curve_peaks['bf16']:.1f}% / {curve_peaks['fp32']:.1f}%"])
-    last = str(targets[-1])
-    numbers["ratio"] = numbers["targets"][last]["ratio"]
-    lines += [markdown_table(["", "ours", "timm", "ours / timm"], rows), "",
+        values = [c.top1_at(budget) for c in curves]
+        numbers["budgets"][str(budget)] = {f"{c.tool}_top1": v for c, v in zip(curves, values)}
+        row = [f"top-1 at {budget:g} min (%)", *(fmt(v, 2) for v in values)]
+        if pair:
+            a, b = values
+            row.append(f"{a - b:+.2f} points" if a is not None and b is not None else "-")
+        rows.append(row)
+    end = [""] if pair else []
+    rows.append(["final top-1 (%)", *(fmt(c.top1[-1], 2) for c in curves), *end])
+    rows.append(["wall time (min)", *(fmt(c.wall_minutes) for c in curves), *end])
+    if all(c.train_flops is not None for c in curves):
+        rates = [c.train_flops * images * len(c.top1) / (c.wall_minutes * 60) for c in curves]
+        numbers.update({f"{c.tool}_effective_flops": r for c, r in zip(curves, rates)})
+        rows.append(["effective training GFLOP/s", *(f"{r / 1e9:.1f}" for r in rates), *end])
+        rows.append(["as % of the bf16 / fp32 matmul", *(f"{100 * r / peaks['bf16']:.1f}% / "
+                                                          f"{100 * r / peaks['fp32']:.1f}%" for r in rates), *end])
+    if pair:
+        numbers["ratio"] = numbers["targets"][str(targets[-1])]["ratio"]
+    header = ["", *(c.tool for c in curves), *(["ours / timm"] if pair else [])]
+    lines += [markdown_table(header, rows), "",
               f"matmul peak at {torch.get_num_threads()} threads: bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s, "
               f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s; {describe_hardware(CPU)}"]
     return lines, numbers
@@ -286,11 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         for curve, run_dir in zip(curves, dirs):
             curve.train_flops = 3 * forward_flops(curve.tool, run_dir, classes)
         peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
-        if len(curves) == 2:
-            lines, numbers = summarise(curves, args.targets, args.budgets, peaks, images)
-        else:
-            lines, numbers = [f"{curves[0].tool}: " + " ".join(f"{m:.1f} min {t:.2f}%" for m, t in
-                                                               zip(curves[0].minutes, curves[0].top1))], {}
+        lines, numbers = summarise(curves, args.targets, args.budgets, peaks, images)
         text = "\n".join(lines)
         print("\n" + text)
         if args.results:

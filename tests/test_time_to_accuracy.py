@@ -55,6 +55,7 @@ def test_race_on_tiny_digits_runs_both_tools_and_keeps_their_files(tiny_digits, 
     assert (results / "timm" / "args.yaml").is_file() and (results / "curves.png").stat().st_size > 5000
     assert report["ours_effective_flops"] > 0 and report["timm_effective_flops"] > 0
     assert "time to 20% (min)" in out and "top-1 at 0.5 min (%)" in out and "matmul peak" in out
+    assert "effective training GFLOP/s" in out
 
 
 def test_a_missing_timm_script_is_one_error_line(tiny_digits, tmp_path):
@@ -87,3 +88,14 @@ def test_train_profile_accounts_for_the_whole_step(tiny_digits):
     assert {"batch norm", "optimizer", "data: loader wait"} <= set(rows), rows
     assert sum(rows.values()) == pytest.approx(100, abs=1.0)  # the groups and the remainder make up the wall time
     assert "3 profiled steps after 1" in out and "CPU" in out
+
+
+def test_only_ours_runs_one_tool_and_still_reports_it(tiny_digits, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: small_cnn\nimage_size: [16, 16]\nepochs: 1\nwarmup: 0\nbatch_size: 32\nworkers: 0\n")
+    out = run([sys.executable, "benchmarks/time_to_accuracy.py", "--data", str(tiny_digits), "--only", "ours",
+               "--ours", str(recipe), "--targets", "5", "--results", str(tmp_path / "r")]).stdout
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert [c["tool"] for c in report["curves"]] == ["ours"] and not (tmp_path / "r" / "timm").exists()
+    assert "ratio" not in report and report["ours_effective_flops"] > 0
+    assert "ours / timm" not in out and "time to 5% (min)" in out

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import markdown_table  # noqa: E402
+from benchmarks.common import REPO, markdown_table  # noqa: E402
 from benchmarks.deploy import (EAGER, ORT_FP32, TORCHSCRIPT, build_variants, calibrate_batchnorm,  # noqa: E402
                                inference_environment, measure_latency, real_images)
 from models import build_model, model_source  # noqa: E402
@@ -51,7 +51,6 @@ COLUMNS = {"eager": EAGER, "TorchScript": TORCHSCRIPT, "ONNX Runtime": ORT_FP32}
 # 0.1 is every model's own except torchvision's MobileNetV3 (0.01), which at 460 steps stays at chance without it
 ACCURACY_RECIPE = ("--optimizer", "adamw", "--lr", "0.002", "--weight_decay", "0.05", "--lr_schedule", "cosine",
                    "--warmup", "1", "-b", "64", "--aug", "basic", "--bn_momentum", "0.1", "--seed", "0", "-j", "1")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def split_counts(root: str) -> str:

@@ -33,10 +33,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import markdown_table  # noqa: E402
+from benchmarks.common import REPO, markdown_table  # noqa: E402
 from utils.hardware import cpu_has_native_bf16, describe_hardware  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 TIMM_TRAIN = REPO / "benchmarks" / "peers" / "timm_train.py"
 # the peer's recipe, as the issue measured it: resnet18 at 32 px, AdamW 2e-3, wd 0.05, cosine, 1 warmup epoch
 TIMM_RECIPE = ("--model", "resnet18", "--img-size", "32", "-b", "128", "--opt", "adamw", "--lr", "2e-3",

@@ -136,6 +136,11 @@ class Config:
     # applications
     resume: str | list[str] | None = None
     evaluation: bool = False
+    ood_data: str | None = None  # --evaluation: images of no trained class (a folder or CSV list), for OOD AUROC
+    calibrate: bool = False
+    reject_coverage: float = 0.95
+    conformal_alpha: float = 0.1
+    answer: str = "top"  # --predict: top, unknown or set (utils/calibration.py)
     jit: bool = False
     split: str = "test"
     output: str | None = None
@@ -285,6 +290,13 @@ def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
     return value
 
 
@@ -656,7 +668,25 @@ def _running_flags(g) -> None:
 
 
 def _evaluation_flags(g) -> None:
+    d = Config()
     g.add_argument("--evaluation", action="store_true", help="evaluate --resume on --split and write a report")
+    g.add_argument("--ood_data", default=d.ood_data, metavar="DIR_OR_CSV",
+                   help="images of classes the model was not trained on (a folder, nested allowed, or a CSV list): "
+                        "the report adds how well the top calibrated probability tells them from --split (OOD "
+                        "AUROC) and, for a calibrated model, the share of them answered unknown")
+
+
+def _calibrate_flags(g) -> None:
+    d = Config()
+    g.add_argument("--calibrate", action="store_true",
+                   help="fit temperature scaling, a reject threshold and conformal prediction sets on the val split "
+                        "and store them in the checkpoint (and so in every later export): of --resume CKPT, or, "
+                        "without --resume, of the run it trains first")
+    g.add_argument("--reject_coverage", type=_probability, default=d.reject_coverage, metavar="C",
+                   help="the reject threshold answers 'unknown' for all but this share of val images (lowest top "
+                        "calibrated probability first)")
+    g.add_argument("--conformal_alpha", type=_probability, default=d.conformal_alpha, metavar="A",
+                   help="conformal prediction sets cover the true class of a new image with probability >= 1 - A")
 
 
 def _export_flags(g) -> None:
@@ -687,6 +717,9 @@ def _predict_flags(g) -> None:
                         "--resume CKPT [CKPT ...] (an ensemble), optional --tta and --probabilities")
     g.add_argument("--probabilities", action="store_true",
                    help="add one probability column per class to the submission CSV")
+    g.add_argument("--answer", default=d.answer, choices=["top", "unknown", "set"],
+                   help="the label column: top (the most likely class), unknown (that class, or 'unknown' below the "
+                        "threshold --calibrate fitted) or set (the conformal set, classes joined by '|')")
 
 
 def _average_flags(g) -> None:
@@ -819,6 +852,7 @@ def _gan_generate_flags(g) -> None:
 JOB_GROUPS = (
     ("running (any job)", None, (), _running_flags),
     ("evaluate: --evaluation --resume CKPT", "evaluate", ("evaluation",), _evaluation_flags),
+    ("calibrate: --calibrate [--resume CKPT]", "calibrate", ("calibrate",), _calibrate_flags),
     ("export to TorchScript: --jit --resume CKPT", "export_jit", ("jit",), _export_flags),
     ("export to ONNX: --onnx --resume CKPT", "export_onnx", ("onnx",), _onnx_flags),
     ("export for AOTInductor or OpenVINO: --export {pt2,openvino} --resume CKPT", "export_more", ("export",),

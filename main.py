@@ -4,6 +4,7 @@
     torchrun --nproc_per_node 2 main.py --data data/digits  # train with DDP
     python main.py --config recipe.yaml --epochs 30          # defaults from a YAML file, typed flags win
     python main.py --evaluation --resume checkpoints/RUN/best.pth
+    python main.py --calibrate --resume checkpoints/RUN/best.pth  # temperature, "unknown" threshold, conformal sets
     python main.py --jit --resume checkpoints/RUN/best.pth
     python main.py --onnx --resume checkpoints/RUN/best.pth [--int8]    # ONNX + ONNX Runtime parity check
     python main.py --predict data/test_images --resume a.pth b.pth --tta  # submission.csv (ensemble, TTA)
@@ -34,6 +35,7 @@ from utils.errors import DATA_EXIT, USAGE_EXIT, DataError
 APPLICATIONS = {  # job name (config.JOB_GROUPS) -> module; imported only when chosen
     None: "applications.train",
     "evaluate": "applications.evaluate",
+    "calibrate": "applications.calibrate",
     "export_jit": "applications.export",
     "export_onnx": "applications.export_onnx",
     "export_more": "applications.export_more",

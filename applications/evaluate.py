@@ -24,6 +24,8 @@ MISSING = "--evaluation needs --resume CKPT (a best.pth or last.pth written by t
 def check(cfg: Config) -> None:
     build_tta(cfg.tta, image_size=cfg.image_size)  # an unknown --tta group fails before any work
     ensemble_weights(cfg.ensemble_weights, len(resume_paths(cfg)) or 1)
+    if cfg.ood_data and len(resume_paths(cfg)) > 1:
+        raise UsageError("--ood_data evaluates one checkpoint; give one --resume")
 
 
 def run(cfg: Config, explicit: set[str]) -> dict:
@@ -88,7 +90,24 @@ def log_and_write(report: dict, class_names: list[str], out_dir: Path, cfg: Conf
              "macro AP %s, ECE %.2f%%", cfg.split, cfg.data, f" with TTA {tta.describe()}" if tta else "",
              report["samples"], report["top1"], report["top5"], report["macro_f1"],
              _four(report["macro_auroc"]), _four(report["macro_ap"]), 100 * report["ece"])
+    if "calibration" in report:
+        cal = report["calibration"]
+        log.info("calibrated answers: 'unknown' below %.4f accepts %.2f%% of %s with top-1 %s; conformal sets (alpha "
+                 "%g) cover %.2f%% (95%% interval %.2f-%.2f%%, target %.0f%%) with %.2f classes on average",
+                 cal["threshold"], 100 * cal["accepted"], cfg.split, _percent(cal["accepted_top1"]), cal["alpha"],
+                 100 * cal["set_coverage"], 100 * cal["set_coverage_ci95"][0], 100 * cal["set_coverage_ci95"][1],
+                 100 * cal["set_target"], cal["set_mean_size"])
+    if "ood" in report:
+        ood = report["ood"]
+        unknown = (f"; answered unknown: {100 * ood['unknown_share']:.2f}% of them, "
+                   f"{100 - 100 * ood['known_accepted_share']:.2f}% of {cfg.split}") if "unknown_share" in ood else ""
+        log.info("out of distribution (%d images of %s): AUROC %.4f, false positives at 95%% true positives %.2f%%%s",
+                 ood["images"], ood["data"], ood["auroc"], 100 * ood["fpr_at_95_tpr"], unknown)
     log.info("report written to %s", ", ".join(str(p) for p in paths))
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}%"
 
 
 def _four(value: float | None) -> str:

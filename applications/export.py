@@ -32,7 +32,7 @@ def run(cfg: Config, explicit: set[str]) -> Path:
         eager, fused, folded = inference_models(ckpt, cfg)
         log_fusion(cfg.model, eager, folded)
         images = sample_images(cfg, ckpt.class_names)
-        extra = export_metadata(cfg, ckpt.class_names, folded=folded)
+        extra = export_metadata(cfg, ckpt.class_names, folded=folded, calibration=ckpt.calibration)
         max_diff, agree, optimized = save_torchscript(fused, eager, images, out_path, extra)
         log.info("exported %s to %s (fused, frozen%s); on %d real images max |eager - TorchScript| = %.2e, "
                  "top-1 agreement %.1f%%", cfg.model, out_path, ", optimize_for_inference when loaded" if optimized

@@ -61,7 +61,7 @@ def run(cfg: Config, explicit: set[str]) -> MoreExport | None:
         eager, fused, folded = inference_models(ckpt, cfg)
         log_fusion(cfg.model, eager, folded)
         images = sample_images(cfg, ckpt.class_names)
-        metadata = plain_metadata(export_metadata(cfg, ckpt.class_names, folded=folded))
+        metadata = plain_metadata(export_metadata(cfg, ckpt.class_names, folded=folded, calibration=ckpt.calibration))
         onnx_path = None
         if cfg.export == "pt2":
             out_path = Path(cfg.output) if cfg.output else Path(cfg.resume).with_suffix(PT2_SUFFIX)

@@ -38,7 +38,7 @@ def run(cfg: Config, explicit: set[str]) -> OnnxExport | None:
         eager, fused, folded = inference_models(ckpt, cfg)
         log_fusion(cfg.model, eager, folded)
         images = sample_images(cfg, ckpt.class_names)
-        metadata = onnx_metadata(export_metadata(cfg, ckpt.class_names, folded=folded))
+        metadata = onnx_metadata(export_metadata(cfg, ckpt.class_names, folded=folded, calibration=ckpt.calibration))
         write_onnx(fused, images, out_path, model_name=cfg.model, metadata=metadata)
         session = ort_session(out_path)
         with torch.no_grad():

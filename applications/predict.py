@@ -26,6 +26,7 @@ from dataloader.tta import build_tta
 from engine.components import loader_for
 from engine.inference import Predictor, ensemble_weights, gather_probs, load_member, resume_paths
 from engine.job import open_job
+from utils.calibration import answer_text
 from utils.checkpoint import atomic_write
 from utils.distributed import DistInfo
 from utils.errors import DataError, UsageError
@@ -36,6 +37,9 @@ MISSING = "--predict needs --resume CKPT [CKPT ...] (checkpoints or exported .pt
 def check(cfg: Config) -> None:
     ensemble_weights(cfg.ensemble_weights, len(resume_paths(cfg)) or 1)
     build_tta(cfg.tta, image_size=cfg.image_size)
+    if cfg.answer != "top" and (len(resume_paths(cfg)) > 1 or cfg.tta):
+        raise UsageError(f"--answer {cfg.answer} uses the threshold and quantile --calibrate fitted for one model "
+                         "without test-time augmentation; drop --tta and give one --resume model")
 
 
 def run(cfg: Config, explicit: set[str]) -> Path:
@@ -51,14 +55,17 @@ def run(cfg: Config, explicit: set[str]) -> Path:
         for path, weight in zip(paths, weights):
             member = load_member(path, cfg, explicit, info.device, class_names, paths[0])
             class_names = member.class_names
+            if cfg.answer != "top":
+                answer_text(torch.zeros(0, len(class_names)), class_names, member.calibration, cfg.answer)  # fitted?
             member_probs, readable = predict_member(member, inputs, cfg, info)
             probs = member_probs * weight if probs is None else probs + member_probs * weight
             log.info("%s: %d images predicted (weight %.3f)", path, int(readable.sum()), weight)
         out_path = Path(cfg.output) if cfg.output else Path(paths[0]).parent / "submission.csv"
         keep = readable.tolist()
         if info.is_main:
-            write_submission(out_path, [n for n, k in zip(names, keep) if k], probs[readable].cpu(), class_names,
-                             with_probabilities=cfg.probabilities)
+            labels = answer_text(probs[readable].cpu(), class_names, member.calibration, cfg.answer)
+            write_submission(out_path, [n for n, k in zip(names, keep) if k], labels, probs[readable].cpu(),
+                             class_names, with_probabilities=cfg.probabilities)
             log.info("submission for %d images from %d model(s)%s written to %s", sum(keep), len(paths),
                      f", TTA {cfg.tta}" if cfg.tta else "", out_path)
         if not all(keep):
@@ -96,13 +103,13 @@ def report_unreadable(submission: Path, files: list[str], is_main: bool) -> str:
             "again")
 
 
-def write_submission(path: Path, names: list[str], probs: torch.Tensor, class_names: list[str], *,
+def write_submission(path: Path, names: list[str], labels: list[str], probs: torch.Tensor, class_names: list[str], *,
                      with_probabilities: bool) -> None:
-    """``filename,label[,<class>...]`` rows in input order, written atomically."""
+    """``filename,label[,<class>...]`` rows in input order, written atomically; ``labels`` are the answers (a class,
+    "unknown" or a '|'-joined set, see utils/calibration.answer_text)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["filename", "label"] + (list(class_names) if with_probabilities else []))
-    labels = probs.argmax(dim=1).tolist()
     for name, label, row in zip(names, labels, probs.tolist()):
-        writer.writerow([name, class_names[label]] + ([f"{p:.6f}" for p in row] if with_probabilities else []))
+        writer.writerow([name, label] + ([f"{p:.6f}" for p in row] if with_probabilities else []))
     atomic_write(path, lambda handle: handle.write(buffer.getvalue().encode("utf-8")))

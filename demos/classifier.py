@@ -4,6 +4,7 @@
     python demos/classifier.py checkpoints/RUN/best.onnx path/to/folder --topk 3 --json
     python demos/classifier.py MODEL path/to/image.png --benchmark 500 --threads 2   # batch-1 latency and FPS
     python demos/classifier.py MODEL path/to/folder --unreadable unreadable.txt   # also list bad images in a file
+    python demos/classifier.py MODEL path/to/folder --answer unknown   # class or "unknown" (main.py --calibrate)
     python demos/classifier.py checkpoints/RUN/deploy.json path/to/image.png   # the runtime benchmarks/deploy.py chose
     cd demos; python classifier.py      # the main seed's usage: the newest export under checkpoints/ on demos/images/
 
@@ -43,6 +44,7 @@ from serving.runtime import (  # noqa: E402  (serving.runtime imports no trainin
     load_exported,
     load_image_tensor,
 )
+from utils.calibration import ANSWERS, answer_text  # noqa: E402  (torch only: no training code)
 
 
 Unreadable = tuple[Path, str]  # an image that could not be read, and why
@@ -88,9 +90,11 @@ def why_unreadable(error: Exception) -> str:
 
 
 @torch.inference_mode()
-def classify(model: ExportedModel, images: list[Path], topk: int,
-             batch_size: int = 32) -> tuple[list[dict], list[Unreadable]]:
-    """Top-k predictions for every image that can be read, and the (path, reason) of each one that cannot."""
+def classify(model: ExportedModel, images: list[Path], topk: int, batch_size: int = 32,
+             answer: str = "top") -> tuple[list[dict], list[Unreadable]]:
+    """Top-k predictions for every image that can be read, and the (path, reason) of each one that cannot. With
+    ``answer`` unknown or set, each result also holds the calibrated answer: its class or "unknown", or its conformal
+    set of classes (utils/calibration.py; the thresholds come from the exported file)."""
     results, unreadable = [], []
     k = min(topk, len(model.class_names))
     for start in range(0, len(images), batch_size):
@@ -103,11 +107,15 @@ def classify(model: ExportedModel, images: list[Path], topk: int,
                 unreadable.append((path, why_unreadable(exc)))
         if not tensors:
             continue
-        probs, labels = model(torch.stack(tensors)).topk(k, dim=1)
-        for path, p, idx in zip(paths, probs.tolist(), labels.tolist()):
+        full = model(torch.stack(tensors))
+        answers = answer_text(full, model.class_names, model.calibration, answer) if answer != "top" else None
+        probs, labels = full.topk(k, dim=1)
+        for n, (path, p, idx) in enumerate(zip(paths, probs.tolist(), labels.tolist())):
             results.append({"image": str(path),
                             "predictions": [{"class": model.class_names[i], "probability": round(q, 6)}
                                             for i, q in zip(idx, p)]})
+            if answers is not None:
+                results[-1]["answer"] = answers[n]
     return results, unreadable
 
 
@@ -171,6 +179,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="an image file or a folder (searched recursively; default: demos/images)")
     parser.add_argument("--topk", type=positive_int, default=1, help="classes to print per image")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
+    parser.add_argument("--answer", choices=ANSWERS, default="top",
+                        help="top: the top-k classes; unknown: also the class, or 'unknown' where the model is less "
+                             "sure than the threshold main.py --calibrate fitted; set: also the conformal set of "
+                             "classes (covers the true class with the probability chosen at --calibrate)")
     parser.add_argument("--unreadable", type=Path, default=None, metavar="FILE",
                         help="also write the images that cannot be read to FILE, one 'PATH<TAB>REASON' line each "
                              "(they are always listed on stderr, and make the exit status 1)")
@@ -211,16 +223,20 @@ def run_classifier(args: argparse.Namespace) -> int:
         args.model = str(newest_export(REPO / "checkpoints"))
         print(f"no MODEL given: using the newest export under {REPO / 'checkpoints'}: {args.model}", file=sys.stderr)
     model = load_exported(args.model, args.threads)
+    if args.answer != "top" and (model.calibration is None or model.calibration.threshold is None):
+        raise DemoError(f"--answer {args.answer}: {args.model} holds no calibration; run `python main.py --calibrate "
+                        "--resume CKPT` and export the checkpoint again", USAGE_ERROR)
     images = list_images(args.images)
     if args.benchmark is not None:
         return run_benchmark(model, images[0], args)
-    results, unreadable = classify(model, images, args.topk)
+    results, unreadable = classify(model, images, args.topk, answer=args.answer)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for item in results:
             preds = ", ".join(f"{p['class']} {p['probability']:.4f}" for p in item["predictions"])
-            print(f"{item['image']}: {preds}")
+            answer = f"{item['answer']} (top: {preds})" if "answer" in item else preds
+            print(f"{item['image']}: {answer}")
     report_unreadable(unreadable, args.unreadable)
     return DATA_ERROR if unreadable else 0
 

@@ -47,9 +47,3 @@ def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextMan
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def scores_to_probs(logits: torch.Tensor, criterion: str) -> torch.Tensor:
-    """Class probabilities: softmax, or normalised sigmoids for the one-vs-all bce model."""
-    if criterion == "bce":
-        probs = torch.sigmoid(logits)
-        return probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
-    return torch.softmax(logits, dim=1)

@@ -27,10 +27,11 @@ from config import Config
 from dataloader import build_split_dataset
 from dataloader.preprocess import Preprocessing
 from engine.components import fitting_of, model_from_checkpoint, preprocessing_of
+from utils.calibration import Calibration
 from utils.checkpoint import Checkpoint
 from utils.logger import get_logger
 
-EXTRA_FILES = ("class_names.json", "preprocessing.json", "meta.json")
+EXTRA_FILES = ("class_names.json", "preprocessing.json", "meta.json", "calibration.json")
 PARITY_TOLERANCE = 1e-4  # max |eager - exported| on probabilities; top-1 must agree on every image
 OPTIMIZE_GAIN = 0.9  # optimize_for_inference is kept when it takes under 90% of the frozen module's time
 INPUT_DESCRIPTION = "uint8 NCHW RGB, letterboxed"
@@ -39,17 +40,21 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class InferenceModel(torch.nn.Module):
-    """uint8 NCHW images → probabilities, with the training normalisation baked in."""
+    """uint8 NCHW images → probabilities, with the training normalisation baked in, and the calibrated temperature
+    (``--calibrate``; 1: none) too, so that any runtime reading the file gets calibrated probabilities."""
 
-    def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, output: str):
+    def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, output: str, temperature: float = 1.0):
         super().__init__()
         self.model = model
         self.sigmoid_output = output == "bce"
+        self.temperature = float(temperature)
         self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1) * 255.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.model((images.float() - self.mean) / self.std)
+        if self.temperature != 1.0:  # a constant in the traced or exported graph
+            logits = logits / self.temperature
         if self.sigmoid_output:
             probs = torch.sigmoid(logits)
             return probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
@@ -85,9 +90,11 @@ def inference_models(ckpt: Checkpoint, cfg: Config) -> tuple[InferenceModel, Inf
     (what gets exported) and the number of BatchNorm layers folded."""
     preprocessing = preprocessing_of(cfg)
     model = model_from_checkpoint(ckpt, cfg, torch.device("cpu"))
-    eager = InferenceModel(model, preprocessing, cfg.criterion).eval()
+    calibration = Calibration.from_dict(ckpt.calibration)
+    temperature = calibration.temperature if calibration else 1.0
+    eager = InferenceModel(model, preprocessing, cfg.criterion, temperature).eval()
     fused_model, folded = fuse_conv_bn(model, cfg.model)
-    return eager, InferenceModel(fused_model, preprocessing, cfg.criterion).eval(), folded
+    return eager, InferenceModel(fused_model, preprocessing, cfg.criterion, temperature).eval(), folded
 
 
 def log_fusion(name: str, model: nn.Module, folded: int) -> None:
@@ -95,11 +102,14 @@ def log_fusion(name: str, model: nn.Module, folded: int) -> None:
                       count_batchnorms(model), name)
 
 
-def export_metadata(cfg: Config, class_names: list[str], *, folded: int) -> dict[str, str]:
+def export_metadata(cfg: Config, class_names: list[str], *, folded: int,
+                    calibration: dict | None = None) -> dict[str, str]:
     """What every export carries besides the weights, as JSON strings: TorchScript extra files and ONNX
-    metadata_props are both string maps."""
+    metadata_props are both string maps. ``calibration`` (the checkpoint's, utils/calibration.py) holds the
+    temperature already baked into the graph, the reject threshold and the conformal quantile ("null": none)."""
     return {"class_names.json": json.dumps(list(class_names)),
             "preprocessing.json": json.dumps(preprocessing_of(cfg).to_dict()),
+            "calibration.json": json.dumps(calibration),
             "meta.json": json.dumps({"model": cfg.model, "checkpoint": str(cfg.resume), "input": INPUT_DESCRIPTION,
                                      "output": OUTPUT_DESCRIPTION, "batchnorm_folded": folded})}
 
@@ -110,6 +120,7 @@ def plain_metadata(metadata: dict[str, str]) -> dict[str, str]:
     serving/runtime.py reads it back from each."""
     meta = json.loads(metadata["meta.json"])
     return {"class_names": metadata["class_names.json"], "preprocessing": metadata["preprocessing.json"],
+            "calibration": metadata.get("calibration.json", "null"),
             "model": meta["model"], "checkpoint": meta["checkpoint"], "input": INPUT_DESCRIPTION,
             "output": OUTPUT_DESCRIPTION, "batchnorm_folded": str(meta["batchnorm_folded"])}
 

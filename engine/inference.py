@@ -14,17 +14,19 @@ from pathlib import Path
 import torch
 
 from config import Config
-from dataloader import EncodedImageDataset
+from dataloader import EncodedImageDataset, ImageClassificationDataset
+from dataloader.datasets import list_inputs
 from dataloader.preprocess import Preprocessing, normalize_on_device
 from dataloader.tta import TestTimeAugmentation
-from engine.components import loader_for, model_from_checkpoint, preprocessing_of, split_dataset_of
-from engine.device import autocast, scores_to_probs, to_device_uint8, to_model_input
+from engine.components import fitting_of, loader_for, model_from_checkpoint, preprocessing_of, split_dataset_of
+from engine.device import autocast, to_device_uint8, to_model_input
 from engine.job import resolve_config
+from utils.calibration import Calibration, scores_to_probs, selective_metrics
 from utils.checkpoint import Checkpoint
 from utils.distributed import DistInfo, gather_predictions
 from utils.errors import UsageError
 from utils.hardware import choose_amp
-from utils.metrics import classification_report
+from utils.metrics import classification_report, ood_metrics
 
 ProbsFn = Callable[[torch.Tensor], torch.Tensor]  # uint8 NCHW batch on the device -> class probabilities
 
@@ -48,13 +50,14 @@ def predict_logits(model: torch.nn.Module, loader, cfg: Config, preprocessing: P
 
 
 def model_probs_fn(model: torch.nn.Module, cfg: Config, preprocessing: Preprocessing,
-                   device: torch.device) -> ProbsFn:
-    """uint8 batch on the device → class probabilities of a trained network (normalised, under autocast)."""
+                   device: torch.device, temperature: float = 1.0) -> ProbsFn:
+    """uint8 batch on the device → class probabilities of a trained network (normalised, under autocast), at the
+    calibrated ``temperature`` (1: as trained)."""
     def probs(images: torch.Tensor) -> torch.Tensor:
         with autocast(cfg, device):
             out = model(normalize_on_device(images, preprocessing.mean, preprocessing.std,
                                             channels_last=cfg.channels_last))
-        return scores_to_probs(out.float(), cfg.criterion)
+        return scores_to_probs(out.float(), cfg.criterion, temperature)
     return probs
 
 
@@ -79,10 +82,17 @@ def gather_probs(probs_fn: ProbsFn, loader, device: torch.device,
 
 
 def predict_probs(model: torch.nn.Module, loader, cfg: Config, preprocessing: Preprocessing, device: torch.device,
-                  tta: TestTimeAugmentation | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  tta: TestTimeAugmentation | None = None,
+                  temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Class probabilities of a trained network for every sample (see gather_probs); rows sum to 1."""
     model.eval()
-    return gather_probs(model_probs_fn(model, cfg, preprocessing, device), loader, device, tta)
+    return gather_probs(model_probs_fn(model, cfg, preprocessing, device, temperature), loader, device, tta)
+
+
+def temperature_of(ckpt: Checkpoint) -> float:
+    """The checkpoint's calibrated temperature (``--calibrate``), 1 when it was never calibrated."""
+    calibration = Calibration.from_dict(ckpt.calibration)
+    return calibration.temperature if calibration else 1.0
 
 
 def predict_split(cfg: Config, ckpt: Checkpoint, split: str, info: DistInfo,
@@ -94,7 +104,17 @@ def predict_split(cfg: Config, ckpt: Checkpoint, split: str, info: DistInfo,
         dataset = EncodedImageDataset(dataset)
     model = model_from_checkpoint(ckpt, cfg, info.device)
     loader = loader_for(dataset, cfg, info)
-    return (dataset, *predict_probs(model, loader, cfg, preprocessing_of(cfg), info.device, tta))
+    return (dataset, *predict_probs(model, loader, cfg, preprocessing_of(cfg), info.device, tta, temperature_of(ckpt)))
+
+
+def split_logits(cfg: Config, ckpt: Checkpoint, split: str, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checkpoint's raw logits (no temperature) and the targets on one split, all-gathered in sample order."""
+    dataset = split_dataset_of(cfg, split, ckpt.class_names)
+    if cfg.decode == "device":
+        dataset = EncodedImageDataset(dataset)
+    model = model_from_checkpoint(ckpt, cfg, info.device)
+    _, logits, targets = predict_logits(model, loader_for(dataset, cfg, info), cfg, preprocessing_of(cfg), info.device)
+    return logits, targets
 
 
 def evaluation_report(cfg: Config, ckpt: Checkpoint, info: DistInfo, split: str,
@@ -104,7 +124,22 @@ def evaluation_report(cfg: Config, ckpt: Checkpoint, info: DistInfo, split: str,
     report = classification_report(probs.cpu().numpy(), targets.cpu().numpy(), ckpt.class_names)
     report.update({"checkpoint": str(cfg.resume), "split": split, "data": cfg.data,
                    "world_size": info.world_size, "tta": tta.describe() if tta else None})
+    calibration = Calibration.from_dict(ckpt.calibration)
+    if calibration is not None:
+        report["calibration"] = {**calibration.to_dict(), **selective_metrics(probs.cpu(), targets.cpu(), calibration)}
+    if cfg.ood_data:
+        report["ood"] = {"data": cfg.ood_data, **ood_metrics(probs.cpu(), ood_probs(cfg, ckpt, info).cpu(), calibration)}
     return report
+
+
+def ood_probs(cfg: Config, ckpt: Checkpoint, info: DistInfo) -> torch.Tensor:
+    """The checkpoint's (calibrated) class probabilities for the images of ``--ood_data``, all-gathered in order."""
+    samples = [(str(path), -1) for _, path in list_inputs(cfg.ood_data, "--ood_data")]  # no labels: -1
+    dataset = ImageClassificationDataset(samples, ckpt.class_names, image_size=cfg.image_size, seed=cfg.seed,
+                                         **fitting_of(cfg))
+    model = model_from_checkpoint(ckpt, cfg, info.device)
+    return predict_probs(model, loader_for(dataset, cfg, info), cfg, preprocessing_of(cfg), info.device,
+                         temperature=temperature_of(ckpt))[1]
 
 
 def resume_paths(cfg: Config) -> list[str]:
@@ -144,6 +179,7 @@ class Predictor:
     preprocessing: Preprocessing
     probs: ProbsFn
     fixed_size: bool = False  # an ONNX graph built for one input size cannot take TTA's scale views
+    calibration: Calibration | None = None  # --calibrate's record; ``probs`` already applies its temperature
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -172,13 +208,14 @@ def load_predictor(path: str, cfg: Config, explicit: set[str], device: torch.dev
     member_cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, device)
     model = model_from_checkpoint(ckpt, member_cfg, device)
     return Predictor(path, list(ckpt.class_names), preprocessing_of(member_cfg),
-                     model_probs_fn(model, member_cfg, preprocessing_of(member_cfg), device))
+                     model_probs_fn(model, member_cfg, preprocessing_of(member_cfg), device, temperature_of(ckpt)),
+                     calibration=Calibration.from_dict(ckpt.calibration))
 
 
 def _torchscript_predictor(path: str, device: torch.device) -> Predictor:
     from engine.export import load_torchscript
 
-    extra = {"class_names.json": "", "preprocessing.json": ""}
+    extra = {"class_names.json": "", "preprocessing.json": "", "calibration.json": ""}
     # optimize_for_inference as the file says on CPU (what the demo runs); its passes are oneDNN ones
     module = load_torchscript(path, optimize=None if device.type == "cpu" else False, map_location=device,
                               extra_files=extra)
@@ -186,7 +223,8 @@ def _torchscript_predictor(path: str, device: torch.device) -> Predictor:
         raise ValueError(f"--resume {path}: no embedded class names; export it with `main.py --jit`")
     preprocessing = Preprocessing.from_dict(json.loads(extra["preprocessing.json"]))
     module.eval()
-    return Predictor(path, json.loads(extra["class_names.json"]), preprocessing, module)
+    return Predictor(path, json.loads(extra["class_names.json"]), preprocessing, module,
+                     calibration=Calibration.from_dict(json.loads(extra["calibration.json"] or "null")))
 
 
 def _onnx_predictor(path: str) -> Predictor:
@@ -200,4 +238,5 @@ def _onnx_predictor(path: str) -> Predictor:
 
     def probs(images: torch.Tensor) -> torch.Tensor:
         return run_session(session, images.cpu()).to(images.device)
-    return Predictor(path, json.loads(meta["class_names"]), preprocessing, probs, fixed_size=True)
+    return Predictor(path, json.loads(meta["class_names"]), preprocessing, probs, fixed_size=True,
+                     calibration=Calibration.from_dict(json.loads(meta.get("calibration") or "null")))

@@ -20,9 +20,10 @@ from dataloader.datasets import ImageClassificationDataset, discover_split
 from dataloader.knowledge import knowledge_files, teacher_probabilities
 from dataloader.preprocess import Preprocessing
 from engine.components import model_from_checkpoint, model_options, preprocessing_of
-from engine.device import autocast, scores_to_probs
+from engine.device import autocast
 from models import build_model
 from models.pretrained import read_state_dict
+from utils.calibration import scores_to_probs
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.logger import get_logger
 

@@ -24,7 +24,7 @@ from dataloader.unlabelled import with_extra_samples
 from engine.components import (base_reference, batch_augment_of, criterion_from_config, datasets_of, loader_for,
                                new_model, optimizer_from_config, preprocessing_of, scheduler_from_config,
                                train_crop_of)
-from engine.device import autocast, scores_to_probs, to_model_input
+from engine.device import autocast, to_model_input
 from engine.inference import predict_logits
 from engine.job import Job, default_run_name, open_job, run_dir, seed_everything
 from engine.objective import PseudoTargets, TrainingLoss, training_loss_from_config
@@ -36,6 +36,7 @@ from models.lora import adapter_keys, load_adapter_state, stage_trainable
 from models.registry import batchnorm_lag_warning
 from optim import BackboneFreezer, PartialFreezer, Scheduler
 from optim.averaging import build_ema, build_swa, swa_start_epoch, update_bn
+from utils.calibration import scores_to_probs
 from utils.checkpoint import (Checkpoint, capture_rng_state, keep_epoch_checkpoint, load_checkpoint,
                               restore_rng_state, save_checkpoint)
 from utils.distributed import (DistInfo, average_buffers, broadcast_buffers, broadcast_object, gather_objects,

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from utils.calibration import Calibration
+
 
 def _load_preprocess_module():
     """dataloader/preprocess.py by its path: `import dataloader.preprocess` would first run the package's
@@ -73,6 +75,7 @@ class ExportedModel:
     name: str  # the architecture, as exported
     threads: int | None = None  # the threads it runs with (None: the runtime's default)
     manifest: dict | None = None  # the deploy.json it was loaded through, if any
+    calibration: Calibration | None = None  # --calibrate's threshold and conformal quantile (temperature: in the graph)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         return self.run(batch)
@@ -149,8 +152,17 @@ def _read_metadata(path: Path, class_names: str | None, preprocessing: str | Non
                         f"`main.py {flag}`") from None
 
 
+def _read_calibration(path: Path, text: str | None) -> Calibration | None:
+    """The export's calibration (utils/calibration.py); None for a model never calibrated or exported before it
+    was recorded."""
+    try:
+        return Calibration.from_dict(json.loads(text)) if text else None
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path} has an unreadable calibration record ({exc}); export it again") from None
+
+
 def _load_torchscript(path: Path) -> ExportedModel:
-    extra = {"class_names.json": "", "preprocessing.json": "", "meta.json": ""}
+    extra = {"class_names.json": "", "preprocessing.json": "", "meta.json": "", "calibration.json": ""}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit is deprecated, still supported
         try:
@@ -165,7 +177,8 @@ def _load_torchscript(path: Path) -> ExportedModel:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
             module = torch.jit.optimize_for_inference(module)
-    return ExportedModel(module.eval(), class_names, preprocessing, "TorchScript", meta.get("model", "?"))
+    return ExportedModel(module.eval(), class_names, preprocessing, "TorchScript", meta.get("model", "?"),
+                         calibration=_read_calibration(path, extra["calibration.json"]))
 
 
 def _load_onnx(path: Path, threads: int | None) -> ExportedModel:
@@ -191,7 +204,8 @@ def _load_onnx(path: Path, threads: int | None) -> ExportedModel:
     def run(batch: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {input_name: batch.numpy()})[0])
 
-    return ExportedModel(run, class_names, preprocessing, "ONNX", meta.get("model", "?"))
+    return ExportedModel(run, class_names, preprocessing, "ONNX", meta.get("model", "?"),
+                         calibration=_read_calibration(path, meta.get("calibration")))
 
 
 def _load_aoti(path: Path) -> ExportedModel:
@@ -220,7 +234,7 @@ def _load_aoti(path: Path) -> ExportedModel:
             return runner(batch)
 
     return ExportedModel(run, class_names, preprocessing, "AOTInductor", meta.get("model", "?"),
-                         torch.get_num_threads())
+                         torch.get_num_threads(), calibration=_read_calibration(path, meta.get("calibration")))
 
 
 def _aoti_metadata(path: Path) -> dict:
@@ -259,7 +273,7 @@ def _load_openvino(path: Path, threads: int | None) -> ExportedModel:
         raise ModelFileError(f"{path} is not an OpenVINO IR OpenVINO can read ({type(exc).__name__}: "
                              f"{_first_line(exc)}); its weights must sit beside it as {path.with_suffix('.bin').name}; "
                              f"{EXPORT_HINT}") from None
-    meta = {key: _openvino_info(model, key) for key in ("class_names", "preprocessing", "model")}
+    meta = {key: _openvino_info(model, key) for key in ("class_names", "preprocessing", "model", "calibration")}
     class_names, preprocessing = _read_metadata(path, meta["class_names"], meta["preprocessing"], "--export openvino")
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     if threads:
@@ -278,7 +292,8 @@ def _load_openvino(path: Path, threads: int | None) -> ExportedModel:
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
     used = int(dynamic.get_property("INFERENCE_NUM_THREADS"))
-    return ExportedModel(run, class_names, preprocessing, "OpenVINO", meta["model"] or "?", used)
+    return ExportedModel(run, class_names, preprocessing, "OpenVINO", meta["model"] or "?", used,
+                         calibration=_read_calibration(path, meta["calibration"]))
 
 
 def _openvino_info(model, key: str) -> str | None:

@@ -7,8 +7,10 @@
     POST /v2/models/{name}[/versions/1]/infer  protocol JSON: one input, UINT8 [N, 3, H, W] letterboxed pixels or
                                                BYTES [N] of encoded images; FP32 [N, C] out; JSON or the
                                                binary tensor extension (serving/protocol.py)
-    POST /predict[?topk=K]                     image files (multipart, any field names) or one image as the raw
-                                               body -> the top-k classes of each, with names
+    POST /predict[?topk=K][&answer=A]          image files (multipart, any field names) or one image as the raw
+                                               body -> the top-k classes of each, with names; answer=unknown adds
+                                               the class or "unknown", answer=set the conformal set (a calibrated
+                                               export: main.py --calibrate)
     GET  /metrics                              Prometheus text format
     GET  /                                     the web page (serving/static/index.html)
 
@@ -40,6 +42,7 @@ from serving import runtime
 from serving.batcher import Batcher, QueueFull, ShuttingDown
 from serving.metrics import ServerMetrics
 from serving.protocol import INPUT_ENCODED, INPUT_PIXELS, OUTPUT, Problem, infer_reply, parse_infer
+from utils.calibration import ANSWERS, UNKNOWN, answer_text
 from utils.logger import get_logger
 from utils.metrics import ranked_classes
 
@@ -70,6 +73,15 @@ def decode_image_bytes(data: bytes, name: str, preprocessing: runtime.Preprocess
     return _preprocess.to_chw_uint8(preprocessing.fit(rgb))
 
 
+def check_answer(answer: str, model: runtime.ExportedModel) -> None:
+    """``?answer=``: top, unknown or set; the last two need the calibration the exported file carries."""
+    if answer not in ANSWERS:
+        raise Problem(400, f"answer must be one of {', '.join(ANSWERS)}, got '{answer}'", "bad_request")
+    if answer != "top" and (model.calibration is None or model.calibration.threshold is None):
+        raise Problem(400, f"answer={answer} needs a calibrated model; this one was exported without calibration "
+                           "(python main.py --calibrate --resume CKPT, then export again)", "bad_request")
+
+
 def top_classes(probs: torch.Tensor, class_names: list[str], k: int) -> list[list[dict]]:
     """The k most probable classes of each row, best first (ties: the lower class index first, the project's one
     prediction rule)."""
@@ -89,6 +101,7 @@ def model_metadata(model: runtime.ExportedModel, name: str, max_batch_size: int)
             "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(model.class_names)]}],
             "classes": list(model.class_names), "preprocessing": model.preprocessing.to_dict(),
             "format": model.format, "max_batch_size": max_batch_size,
+            "calibration": model.calibration.to_dict() if model.calibration else None,
             "description": f"send either {INPUT_PIXELS} (letterboxed RGB pixels, NCHW) or {INPUT_ENCODED} (encoded "
                            "image files, base64 strings in JSON); the output holds class probabilities in the order "
                            "of 'classes'"}
@@ -200,15 +213,19 @@ def create_app(model: runtime.ExportedModel, settings: ServerSettings = ServerSe
 
     # --- the simple API and the page ----------------------------------------------------------------------------------
     @app.post("/predict")
-    async def predict(request: Request, topk: int | None = None):
+    async def predict(request: Request, topk: int | None = None, answer: str = "top"):
         started = time.perf_counter()
         k = settings.topk if topk is None else topk
         if k < 1:
             raise Problem(400, f"topk must be >= 1, got {k}", "bad_request")
+        check_answer(answer, model)
         files = await _uploaded_images(request)
         probs = await classify(await decode_all(files))
         results = [{"image": file_name, "predictions": top}
                    for (file_name, _), top in zip(files, top_classes(probs, model.class_names, k))]
+        if answer != "top":
+            for result, text in zip(results, answer_text(probs, model.class_names, model.calibration, answer)):
+                result["answer"] = text if answer == "unknown" else (text.split("|") if text != UNKNOWN else [])
         return JSONResponse({"model": name, "latency_ms": round((time.perf_counter() - started) * 1000, 3),
                              "results": results})
 

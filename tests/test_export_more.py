@@ -252,3 +252,20 @@ def test_export_errors_are_one_line(exports, tmp_path, monkeypatch):
     assert len(lines) == 1 and lines[0].startswith("error: no working C++ compiler"), proc.stderr
     assert "apt-get install g++" in lines[0]
     assert not (tmp_path / "x.pt2").exists()
+
+
+def test_the_calibration_travels_in_both_formats(exports, tiny_digits, tmp_path):
+    """A calibrated checkpoint (utils/calibration.py): the temperature is baked into the graph, the record is in the
+    metadata that the demo and the server read."""
+    from utils.calibration import Calibration
+    from utils.checkpoint import load_checkpoint, save_checkpoint
+
+    calibration = Calibration(temperature=2.0, threshold=0.3, coverage=0.9, qhat=0.8, alpha=0.1, images=10)
+    path = tmp_path / "calibrated.pth"
+    save_checkpoint(load_checkpoint(exports["checkpoint"]).replace(calibration=calibration.to_dict()), path)
+    batch, probs, _ = eager_probs(exports["checkpoint"], sorted((tiny_digits / "test").rglob("*.png"))[:5])
+    expected = torch.softmax(probs.log() / 2.0, dim=1)  # softmax(z / T) = softmax(log softmax(z) / T)
+    for fmt in ("pt2", "openvino"):
+        model = load_exported(entry.run_command(["--export", fmt, "--resume", str(path)]).path)
+        assert model.calibration == calibration, fmt
+        torch.testing.assert_close(model(batch), expected, atol=1e-4, rtol=0)

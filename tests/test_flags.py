@@ -125,6 +125,8 @@ def test_every_flag_is_exercised_somewhere():
                          "knowledge", "distill", "distill_alpha", "distill_T", "teacher", "teacher_ckpt", "kfold",
                          "fold",
                          "repeat",  # tests/test_repeat.py (2 seeds under torchrun, the report)
+                         # tests/test_calibration.py (fit, answers, evaluation with OOD images, exports, demo, server)
+                         "calibrate", "reject_coverage", "conformal_alpha", "answer", "ood_data",
                          # tests/test_lora.py (adapters + head train, compact checkpoints, merge, resume, torchrun)
                          "lora", "lora_alpha", "lora_dropout", "lora_targets", "freeze_stages",
                          # tests/test_curriculum.py (stages, file, weights reaching the loss, pacing, stale files)

@@ -102,6 +102,23 @@ def calibration(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) ->
     return float(ece), rows
 
 
+def ood_metrics(probs: torch.Tensor, ood_probs: torch.Tensor, calibration=None) -> dict:
+    """How well the top class probability tells in-distribution images (``probs``) from images of no trained class
+    (``ood_probs``): AUROC with in-distribution as the positive class, the false-positive rate of the images of no
+    class at 95% true-positive rate; with a calibration record (utils/calibration.py), the share of each answered
+    'unknown'."""
+    from sklearn.metrics import roc_auc_score
+
+    known, unknown = probs.max(dim=1).values.double().numpy(), ood_probs.max(dim=1).values.double().numpy()
+    truth = np.concatenate([np.ones(len(known)), np.zeros(len(unknown))])
+    out = {"images": int(len(unknown)), "auroc": float(roc_auc_score(truth, np.concatenate([known, unknown]))),
+           "fpr_at_95_tpr": float((unknown >= np.quantile(known, 0.05)).mean())}
+    if calibration is not None and calibration.threshold is not None:
+        out["unknown_share"] = float((unknown < calibration.threshold).mean())
+        out["known_accepted_share"] = float((known >= calibration.threshold).mean())
+    return out
+
+
 def _mean_defined(values: list) -> float | None:
     defined = [v for v in values if v is not None]
     return float(np.mean(defined)) if defined else None
@@ -115,7 +132,7 @@ def write_report(report: dict, class_names: list[str], out_dir: str | Path) -> l
     paths = [out / "report.json", out / "confusion_matrix.csv", out / "confusion_matrix.png"]
     if report.get("reliability"):
         paths.append(out / "reliability_diagram.png")
-        _plot_reliability(report["reliability"], report["ece"], paths[3])
+        plot_reliability(report["reliability"], report["ece"], paths[3])
     paths[0].write_text(json.dumps(report, indent=2))
     matrix = np.asarray(report["confusion_matrix"])
     with open(paths[1], "w") as handle:
@@ -150,7 +167,7 @@ def _plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> N
     plt.close(fig)
 
 
-def _plot_reliability(bins: list[dict], ece: float, path: Path) -> None:
+def plot_reliability(bins: list[dict], ece: float, path: Path) -> None:
     """Accuracy per confidence bin against the diagonal of perfect calibration, with each bin's sample count."""
     import matplotlib
     matplotlib.use("Agg")

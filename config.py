@@ -1005,8 +1005,8 @@ def check_job_flags(cfg: Config, explicit: set[str], jobs: list[JobGroup]) -> No
         if dest in explicit and not names & set(owners):
             raise FlagError(f"{_flag_name(dest)} is used by {' and '.join(label[o] for o in owners)} only")
     if isinstance(cfg.resume, list) and names not in ({"predict"}, {"evaluate"}, {"audit"}):
-        raise FlagError(f"--resume got {len(cfg.resume)} files; only --predict and --evaluation (an ensemble) and "
-                        "--audit (the folds of a --kfold run) take several")
+        raise FlagError(f"--resume got {len(cfg.resume)} files; only --predict and --evaluation take several (an "
+                        "ensemble), and --audit (the folds of a --kfold training)")
 
 
 def _flag_name(dest: str) -> str:

@@ -204,6 +204,13 @@ class Config:
     gan_lr: float = 2e-4
     gan_diversity: float = 1.0
     gan_generate: int | None = None
+    # the dataset audit (issue 19: applications/audit.py)
+    audit: bool = False
+    audit_fix: bool = False
+    audit_skip_labels: bool = False
+    audit_phash_threshold: int = 4
+    audit_pixel_tolerance: float = 4.0
+    audit_top: int = 60
     # how to run (never taken from a checkpoint)
     debug: bool = False
     config: str | None = None
@@ -848,6 +855,32 @@ def _gan_generate_flags(g) -> None:
                         "(or --output DIR), their list labels.csv and grid.png (one row per class)")
 
 
+def _audit_flags(g) -> None:
+    d = Config()
+    g.add_argument("--audit", action="store_true",
+                   help="audit the data set of --data and write CHECKPOINT_DIR/NAME/audit/ (or --output DIR): "
+                        "index.html, CSV files of exact and near duplicates within and across splits, likely label "
+                        "errors, class balance, image sizes and modes, unreadable files. Label errors come from "
+                        "out-of-fold probabilities: --resume the K checkpoints of a --kfold K training, or it trains "
+                        "K folds of the recipe the flags give (--kfold default 5, --epochs default 3, --model) in "
+                        "CHECKPOINT_DIR/NAME/foldI")
+    g.add_argument("--audit_fix", action="store_true",
+                   help="also write AUDIT/cleaned/{train,val,test}.csv, a data root for --data without the train "
+                        "copies of val/test images, extra exact copies within train and flagged labels, and "
+                        "held_out.csv saying why; the data's own files are never moved or deleted")
+    g.add_argument("--audit_skip_labels", action="store_true",
+                   help="skip the label-error part (no model is trained or loaded): duplicates and statistics only")
+    g.add_argument("--audit_phash_threshold", type=_non_negative_int, default=d.audit_phash_threshold, metavar="H",
+                   help="near duplicates: images whose 64-bit perceptual hashes (DCT pHash of the grey image) "
+                        "differ in at most H bits ...")
+    g.add_argument("--audit_pixel_tolerance", type=_non_negative_float, default=d.audit_pixel_tolerance,
+                   metavar="T", help="... and 16x16 grey thumbnails, each minus its mean, at most T grey levels "
+                                     "(of 255) apart on average")
+    g.add_argument("--audit_top", type=_positive_int, default=d.audit_top, metavar="N",
+                   help="images shown in the page per list (pairs across splits, within a split, label errors); "
+                        "the CSV files hold all")
+
+
 # (title, job name, the flags that choose the job, the function adding its flags); main.py maps names to applications
 JOB_GROUPS = (
     ("running (any job)", None, (), _running_flags),
@@ -872,6 +905,7 @@ JOB_GROUPS = (
     ("class-conditional DCGAN: --gan", "gan", ("gan",), _gan_flags),
     ("generated images: --gan_generate N --resume GENERATOR", "gan_generate", ("gan_generate",),
      _gan_generate_flags),
+    ("dataset audit: --audit --data DATA [--resume FOLD_CKPT ...]", "audit", ("audit",), _audit_flags),
 )
 
 
@@ -1004,9 +1038,9 @@ def check_job_flags(cfg: Config, explicit: set[str], jobs: list[JobGroup]) -> No
     for dest, owners in SHARED_FLAGS.items():
         if dest in explicit and not names & set(owners):
             raise FlagError(f"{_flag_name(dest)} is used by {' and '.join(label[o] for o in owners)} only")
-    if isinstance(cfg.resume, list) and names not in ({"predict"}, {"evaluate"}):
-        raise FlagError(f"--resume got {len(cfg.resume)} files; only --predict and --evaluation take several "
-                        "(an ensemble)")
+    if isinstance(cfg.resume, list) and names not in ({"predict"}, {"evaluate"}, {"audit"}):
+        raise FlagError(f"--resume got {len(cfg.resume)} files; only --predict and --evaluation take several (an "
+                        "ensemble), and --audit (the folds of a --kfold training)")
 
 
 def _flag_name(dest: str) -> str:

@@ -21,6 +21,7 @@
     python main.py --gan --data data/fmnist --gan_image_size 28  # class-conditional DCGAN: RUN/generator.pth
     python main.py --gan_generate 1000 --resume RUN/generator.pth  # DATA/gen_dataset/RUN/<class>/, labels.csv
     python main.py --data data/fmnist --extra_train data/fmnist/gen_dataset/RUN --extra_weight 0.5
+    python main.py --audit --data DATA [--audit_fix]              # duplicates, leakage, label errors: NAME/audit/
 
 Each application module has ``check(cfg)`` (its cross-flag rules, before any work) and ``run(cfg, explicit)``.
 """
@@ -51,6 +52,7 @@ APPLICATIONS = {  # job name (config.JOB_GROUPS) -> module; imported only when c
     "serve": "applications.serve",
     "gan": "applications.gan",
     "gan_generate": "applications.gan_generate",
+    "audit": "applications.audit",
 }
 
 

@@ -95,6 +95,18 @@ def _read_csv(csv_path: str, data_root: str) -> list[Sample]:
     return samples
 
 
+def write_split_csv(data_root: str, split: str, samples: list[Sample]) -> Path:
+    """Write ``DATA_ROOT/SPLIT.csv`` (header `filename,label`, filenames relative to the root) that `_read_csv` reads
+    back as these samples: the one writer of the CSV layout (the dataset audit's cleaned roots)."""
+    path = Path(data_root) / f"{split}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["filename", "label"])
+        writer.writerows((os.path.relpath(file, data_root), label) for file, label in samples)
+    return path
+
+
 def discover_split(data_root: str, split: str) -> tuple[list[Sample], str] | None:
     """Samples of one split and where they came from ('folder' or 'csv'); None when the split is absent.
 

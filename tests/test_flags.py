@@ -150,7 +150,10 @@ def test_every_flag_is_exercised_somewhere():
                          # training with another labelled set)
                          "gan", "gan_image_size", "gan_latent", "gan_width", "gan_epochs", "gan_lr", "gan_diversity",
                          "gan_generate",
-                         "extra_train", "extra_weight"}
+                         "extra_train", "extra_weight",
+                         # tests/test_audit.py (corrupted digits: flips, copies, cleaned root, torchrun, the page)
+                         "audit", "audit_fix", "audit_skip_labels", "audit_phash_threshold", "audit_pixel_tolerance",
+                         "audit_top"}
     flags_here = {a.lstrip("-").removeprefix("no-") for flags, _ in FLAG_SETS.values() for a in flags
                   if a.startswith("--")}
     dests = {a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"}

@@ -35,16 +35,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: serving/ is beside demos/
 from serving.runtime import (  # noqa: E402  (serving.runtime imports no training code)
+    ANSWERS,
     DATA_ERROR,
     USAGE_ERROR,
     ExportedModel,
     IMAGE_EXTENSIONS,
     ImageDecodeError,
     ModelFileError as DemoError,
+    answer_text,
     load_exported,
     load_image_tensor,
 )
-from utils.calibration import ANSWERS, answer_text  # noqa: E402  (torch only: no training code)
 
 
 Unreadable = tuple[Path, str]  # an image that could not be read, and why

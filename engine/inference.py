@@ -128,7 +128,8 @@ def evaluation_report(cfg: Config, ckpt: Checkpoint, info: DistInfo, split: str,
     if calibration is not None:
         report["calibration"] = {**calibration.to_dict(), **selective_metrics(probs.cpu(), targets.cpu(), calibration)}
     if cfg.ood_data:
-        report["ood"] = {"data": cfg.ood_data, **ood_metrics(probs.cpu(), ood_probs(cfg, ckpt, info).cpu(), calibration)}
+        others = ood_probs(cfg, ckpt, info).cpu()
+        report["ood"] = {"data": cfg.ood_data, **ood_metrics(probs.cpu(), others, calibration)}
     return report
 
 

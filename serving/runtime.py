@@ -1,7 +1,8 @@
 """Load any model file main.py exports, with its class names and preprocessing: what the demo and the server run.
 
-Only the exported file is read, plus dataloader/preprocess.py (loaded by its path, so that none of the training data
-pipeline is imported): the same letterbox code as training. ``load_exported(path)`` recognises the format from the
+Only the exported file is read, plus dataloader/preprocess.py and utils/calibration.py (each loaded by its path, so
+that none of the training packages is imported): the same letterbox code as training, and the same "unknown" and
+conformal-set answers as ``--predict``. ``load_exported(path)`` recognises the format from the
 file's content and returns an ``ExportedModel``: ``model(uint8 NCHW batch) -> class probabilities``.
 
 Formats: TorchScript (``--jit``; a zip archive), an AOTInductor package (``--export pt2``; a zip archive whose
@@ -26,25 +27,26 @@ from pathlib import Path
 
 import torch
 
-from utils.calibration import Calibration
 
-
-def _load_preprocess_module():
-    """dataloader/preprocess.py by its path: `import dataloader.preprocess` would first run the package's
+def _load_by_path(relative: str, name: str):
+    """A module of the repository by its path: `import dataloader.preprocess` would first run the package's
     __init__, which imports the training data pipeline (datasets, augmentation, samplers)."""
-    path = Path(__file__).resolve().parents[1] / "dataloader" / "preprocess.py"
-    spec = importlib.util.spec_from_file_location("classifier_preprocess", path)
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while building Preprocessing
+    sys.modules[spec.name] = module  # dataclasses look the module up while building their classes
     spec.loader.exec_module(module)
     return module
 
 
-_preprocess = _load_preprocess_module()
+_preprocess = _load_by_path("dataloader/preprocess.py", "classifier_preprocess")
 IMAGE_EXTENSIONS = _preprocess.IMAGE_EXTENSIONS
 ImageDecodeError = _preprocess.ImageDecodeError
 Preprocessing = _preprocess.Preprocessing
 load_image_tensor = _preprocess.load_image_tensor
+_calibration = _load_by_path("utils/calibration.py", "classifier_calibration")
+Calibration = _calibration.Calibration
+ANSWERS, UNKNOWN, answer_text = _calibration.ANSWERS, _calibration.UNKNOWN, _calibration.answer_text
 
 EXPORT_HINT = "export one with: python main.py --jit --resume CKPT  (or --onnx, --export pt2, --export openvino)"
 DEPLOY_MANIFEST = "deploy.json"

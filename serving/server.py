@@ -39,10 +39,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Router
 
 from serving import runtime
+from serving.runtime import ANSWERS, UNKNOWN, answer_text
 from serving.batcher import Batcher, QueueFull, ShuttingDown
 from serving.metrics import ServerMetrics
 from serving.protocol import INPUT_ENCODED, INPUT_PIXELS, OUTPUT, Problem, infer_reply, parse_infer
-from utils.calibration import ANSWERS, UNKNOWN, answer_text
 from utils.logger import get_logger
 from utils.metrics import ranked_classes
 

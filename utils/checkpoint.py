@@ -165,7 +165,7 @@ class Checkpoint:
     world_size: int | None = None  # processes that trained it (None: written before this was recorded)
     rng_per_rank: list | None = None  # every rank's RNG state, in rank order (``rng`` is rank 0's)
     base: dict | None = None  # LoRA: the base weights file {"path", "sha256"}; ``model`` holds adapters and head
-    calibration: dict | None = None  # --calibrate: temperature, reject threshold, conformal quantile (utils/calibration)
+    calibration: dict | None = None  # --calibrate's record: temperature, threshold, quantile (utils/calibration.py)
 
     @property
     def resume_weights(self) -> dict:

@@ -92,11 +92,13 @@ def log_and_write(report: dict, class_names: list[str], out_dir: Path, cfg: Conf
              _four(report["macro_auroc"]), _four(report["macro_ap"]), 100 * report["ece"])
     if "calibration" in report:
         cal = report["calibration"]
+        expected = cal.get("set_coverage_expected95")
+        expected = f"; split conformal expects {100 * expected[0]:.2f}-{100 * expected[1]:.2f}%" if expected else ""
         log.info("calibrated answers: 'unknown' below %.4f accepts %.2f%% of %s with top-1 %s; conformal sets (alpha "
-                 "%g) cover %.2f%% (95%% interval %.2f-%.2f%%, target %.0f%%) with %.2f classes on average",
+                 "%g) cover %.2f%% (95%% interval %.2f-%.2f%%, target %.0f%%%s) with %.2f classes on average",
                  cal["threshold"], 100 * cal["accepted"], cfg.split, _percent(cal["accepted_top1"]), cal["alpha"],
                  100 * cal["set_coverage"], 100 * cal["set_coverage_ci95"][0], 100 * cal["set_coverage_ci95"][1],
-                 100 * cal["set_target"], cal["set_mean_size"])
+                 100 * cal["set_target"], expected, cal["set_mean_size"])
     if "ood" in report:
         ood = report["ood"]
         unknown = (f"; answered unknown: {100 * ood['unknown_share']:.2f}% of them, "

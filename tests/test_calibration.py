@@ -15,8 +15,8 @@ import torch
 
 import main as entry
 from helpers import REPO, run, torchrun
-from utils.calibration import (UNKNOWN, Calibration, answer_labels, answer_text, conformal_quantile,
-                               coverage_threshold, fit_temperature, prediction_sets, scores_to_probs, wilson_interval)
+from utils.calibration import (UNKNOWN, Calibration, answer_labels, answer_text, conformal_coverage_interval,
+                               conformal_quantile, coverage_threshold, fit_temperature, prediction_sets, scores_to_probs, wilson_interval)
 from utils.checkpoint import load_checkpoint
 
 FAST = ["-j", "0", "--device", "cpu", "--no-amp", "--no-channels_last"]
@@ -69,6 +69,20 @@ def test_threshold_accepts_the_chosen_share_and_the_answers_follow_it():
 def test_too_few_images_for_the_level_put_every_class_in_the_set():
     probs = torch.softmax(torch.randn(5, 3), dim=1)
     assert conformal_quantile(probs, torch.zeros(5, dtype=torch.long), alpha=0.1) == 1.0  # ceil(6 * 0.9) = 6 > 5
+
+
+def test_the_expected_coverage_interval_holds_what_repeated_calibrations_measure():
+    alpha, n_cal, n_test, measured = 0.1, 200, 300, []
+    for seed in range(300):
+        logits, labels = sampled(n_cal + n_test, 5, 1.0, seed=1000 + seed)
+        probs = torch.softmax(logits, dim=1)
+        cal = Calibration(qhat=conformal_quantile(probs[:n_cal], labels[:n_cal], alpha), alpha=alpha)
+        measured.append(float(prediction_sets(probs[n_cal:], cal).gather(1, labels[n_cal:].view(-1, 1)).double()
+                              .mean()))
+    low, high = conformal_coverage_interval(n_cal, alpha, n_test)
+    inside = sum(low <= m <= high for m in measured) / len(measured)
+    assert 0.91 <= inside <= 0.99, (low, high, inside)  # a 95% interval, within the noise of 300 draws
+    assert wilson_interval(270, 300)[1] - wilson_interval(270, 300)[0] < high - low  # wider: calibration noise too
 
 
 def test_wilson_interval_holds_the_proportion():

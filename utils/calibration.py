@@ -169,7 +169,26 @@ def selective_metrics(probs: torch.Tensor, targets: torch.Tensor, calibration: C
         out["set_coverage_ci95"] = list(wilson_interval(covered, len(targets)))
         out["set_mean_size"] = float(sets.sum(dim=1).double().mean())
         out["set_target"] = 1.0 - calibration.alpha
+        if calibration.images:
+            out["set_coverage_expected95"] = list(conformal_coverage_interval(calibration.images // 2,
+                                                                              calibration.alpha, len(targets)))
     return out
+
+
+def conformal_coverage_interval(n_cal: int, alpha: float, n_test: int, z: float = 1.959964) -> tuple[float, float]:
+    """Where split conformal puts the coverage measured on ``n_test`` new images, 95% of the time, for a quantile
+    taken from ``n_cal`` images: the coverage given the calibration images is Beta(n + 1 - l, l) with
+    l = floor((n + 1) alpha) (Angelopoulos & Bates 2021, section 3.2), and the test images add binomial noise around
+    it. A normal approximation of that beta-binomial; a measured coverage outside it is a sign of a shift between
+    val and the new images."""
+    low_rank = math.floor((n_cal + 1) * alpha)
+    if low_rank < 1:
+        return (1.0, 1.0)
+    a, b = n_cal + 1 - low_rank, low_rank
+    mean = a / (a + b)
+    beta_var = a * b / ((a + b) ** 2 * (a + b + 1))
+    var = beta_var + (mean * (1 - mean) - beta_var) / n_test
+    return (max(0.0, mean - z * math.sqrt(var)), min(1.0, mean + z * math.sqrt(var)))
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:

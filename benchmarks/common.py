@@ -108,7 +108,13 @@ def image_folder(*, root: str | os.PathLike = DEFAULT_ROOT, source: str | os.Pat
 
 
 def count_images(folder: str | os.PathLike) -> int:
+    """Image files under ``folder`` (recursively; a link to a folder is followed at the top)."""
     return sum(1 for _, _, files in os.walk(folder) for f in files if is_image_file(f))
+
+
+def count_classes(folder: str | os.PathLike) -> int:
+    """Class folders directly under a split folder."""
+    return sum(1 for p in Path(folder).iterdir() if p.is_dir())
 
 
 def environment(*, processes: int, workers: int, torch_threads: int | None = None,

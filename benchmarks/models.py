@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import REPO, markdown_table  # noqa: E402
+from benchmarks.common import REPO, count_classes, count_images, markdown_table  # noqa: E402
 from benchmarks.deploy import (EAGER, ORT_FP32, TORCHSCRIPT, build_variants, calibrate_batchnorm,  # noqa: E402
                                inference_environment, measure_latency, real_images)
 from models import build_model, model_source  # noqa: E402
@@ -55,8 +55,8 @@ ACCURACY_RECIPE = ("--optimizer", "adamw", "--lr", "0.002", "--weight_decay", "0
 
 def split_counts(root: str) -> str:
     """'train N / val N / test N images, C classes' of a data root of class folders."""
-    counts = {split: sum(1 for _ in (Path(root) / split).rglob("*.png")) for split in ("train", "val", "test")}
-    classes = sum(1 for p in (Path(root) / "train").iterdir() if p.is_dir())
+    counts = {split: count_images(Path(root) / split) for split in ("train", "val", "test")}
+    classes = count_classes(Path(root) / "train")
     return " / ".join(f"{k} {v}" for k, v in counts.items()) + f" images, {classes} classes"
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import REPO, markdown_table  # noqa: E402
+from benchmarks.common import REPO, count_classes, count_images, markdown_table  # noqa: E402
 from utils.hardware import cpu_has_native_bf16, describe_hardware  # noqa: E402
 
 TIMM_TRAIN = REPO / "benchmarks" / "peers" / "timm_train.py"
@@ -115,12 +115,6 @@ def race_folder(data: Path, eval_split: str, root: Path) -> Path:
     (root / "train").symlink_to((data / "train").resolve(), target_is_directory=True)
     (root / "val").symlink_to((data / eval_split).resolve(), target_is_directory=True)
     return root
-
-
-def count_train(folder: Path) -> tuple[int, int]:
-    """(images, classes) under a train/ folder of class folders."""
-    classes = [p for p in folder.iterdir() if p.is_dir()]
-    return sum(1 for c in classes for f in c.rglob("*") if f.is_file()), len(classes)
 
 
 def timm_speed_flags() -> list[str]:
@@ -272,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tta_") as tmp:
         work = Path(tmp)
         race = race_folder(data, args.eval_split, work / "race")
-        images, classes = count_train(race / "train")
+        images, classes = count_images(race / "train"), count_classes(race / "train")
         print(f"race: {images} train images, {classes} classes, evaluated on {data / args.eval_split}; "
               f"{describe_hardware(CPU)}", flush=True)
         curves, dirs = [], []

@@ -79,7 +79,9 @@ def score(truth_csv: str, audit: str, multiple: int = 1) -> dict:
                 for copy, source in copies)
     return {"flips": len(flips), "k": len(top), "flips_in_top_k": len(flips & set(top)),
             "flip_recall": len(flips & set(top)) / max(len(flips), 1),
-            "flagged": len(issues), "flips_flagged": len(flips & {row["path"] for row in issues}),
+            "queued": len(issues), "flips_queued": len(flips & {row["path"] for row in issues}),
+            "flagged": sum(row["flagged"] == "1" for row in issues),
+            "flips_flagged": len(flips & {row["path"] for row in issues if row["flagged"] == "1"}),
             "copies": len(copies), "copies_found": found, "copy_recall": found / max(len(copies), 1)}
 
 

@@ -157,7 +157,7 @@ def rank_label_issues(facts: list[ImageFacts], probs: np.ndarray, class_names: l
 
     One ranking rather than the flags first: the flags are a set, not an order, and their size follows a noise-rate
     estimate that can be off either way. With 5% of the train labels flipped at random, the flags held 56 of 63 flips
-    in 58 images on digits (too few), and 2,677 of 2,700 flips in 4,662 images on Fashion-MNIST (too many: the first
+    in 58 images on digits (too few), and 2,508 of 2,700 flips in 4,662 images on Fashion-MNIST (too many: the first
     2,700 of flags-then-the-rest held 88.6% of the flips); the single ranking held 62 of 63 and 91.4%."""
     from cleanlab.filter import find_label_issues  # imported only here: the audit is its only user
 

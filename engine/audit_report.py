@@ -236,9 +236,9 @@ def issue_section(result: AuditResult, top: int) -> str:
     more = f"<p>{len(result.issues) - top} more in label_issues.csv.</p>" if len(result.issues) > top else ""
     flagged = sum(x.flagged for x in result.issues)
     return (f'<section id="label-issues"><h2>Likely label errors: {flagged} flagged, {len(result.issues) - flagged} '
-            f"more disagreeing</h2><p>{html.escape(result.label_source)}. Flagged by confident learning first "
-            "(orange), then the other images whose out-of-fold prediction is not the given label (grey); each part "
-            "with the lowest out-of-fold probability of the given label (self-confidence) first.</p>"
+            f"more disagreeing</h2><p>{html.escape(result.label_source)}. The images confident learning flags "
+            "(orange) and the other images whose out-of-fold prediction is not the given label (grey), together, "
+            "the lowest out-of-fold probability of the given label (self-confidence) first.</p>"
             + "".join(cards) + more + "</section>")
 
 

@@ -119,7 +119,8 @@ def create_app(model: runtime.ExportedModel, settings: ServerSettings = ServerSe
     metrics = ServerMetrics(settings.max_batch_size)
     batcher = Batcher(model.run, input_shape=input_shape, max_batch_size=settings.max_batch_size,
                       max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics)
-    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    calibrated = model.calibration is not None and model.calibration.threshold is not None
+    page = (STATIC / "index.html").read_text(encoding="utf-8").replace("__CALIBRATED__", str(calibrated).lower())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -94,3 +94,46 @@ def test_an_undecodable_file_shows_the_servers_error(exports, browser, tmp_path)
         error = browser.find_element(By.ID, "error").text
         assert not browser.find_elements(By.CSS_SELECTOR, ".prediction")
     assert error.startswith("Error 400: cannot decode image 'broken.png'"), error
+
+
+def test_a_calibrated_model_answers_unknown_or_a_set_on_the_page(exports, images, browser, tmp_path):
+    """The page offers the answer modes only for a calibrated export (main.py --calibrate) and shows the answer."""
+    import main as entry
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from utils.calibration import Calibration
+    from utils.checkpoint import load_checkpoint, save_checkpoint
+
+    image = images[len(images) // 2]
+    plain = load_exported(exports["torchscript"])
+    with torch.inference_mode():
+        probs = plain(load_image_tensor(image, plain.preprocessing).unsqueeze(0))[0].double()
+    ranked = sorted(range(len(probs)), key=lambda i: (-float(probs[i]), i))
+    p1, p2, p3 = (float(probs[i]) for i in ranked[:3])
+    assert p2 > p3
+    # temperature 1 keeps the probabilities; the threshold turns this image away; the set holds the top two classes
+    calibration = Calibration(temperature=1.0, threshold=p1 + (1 - p1) / 2, coverage=0.9,
+                              qhat=1 - (p2 + p3) / 2, alpha=0.1, images=100)
+    ckpt = tmp_path / "calibrated.pth"
+    save_checkpoint(load_checkpoint(exports["checkpoint"]).replace(calibration=calibration.to_dict()), ckpt)
+    entry.run_command(["--jit", "--resume", str(ckpt), "--output", str(tmp_path / "calibrated.pt")])
+    pair = " or ".join(plain.class_names[i] for i in sorted(ranked[:2]))
+
+    def answer_for(mode: str) -> str:
+        Select(browser.find_element(By.ID, "answer-mode")).select_by_value(mode)
+        browser.execute_script("document.getElementById('answer').textContent = ''")
+        browser.find_element(By.ID, "file").clear()
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        WebDriverWait(browser, PAGE_TIMEOUT).until(lambda d: d.find_element(By.ID, "answer").text)
+        return browser.find_element(By.ID, "answer").text
+
+    with Server(tmp_path / "calibrated.pt", log_path=tmp_path / "server.log") as server:
+        browser.get(server.url + "/")
+        assert browser.find_element(By.ID, "answer-choice").is_displayed()
+        unknown, answer_set = answer_for("unknown"), answer_for("set")
+    assert unknown == "Answer: unknown"
+    assert answer_set == f"Answer: {pair}"
+    with Server(exports["torchscript"], log_path=tmp_path / "plain.log") as server:  # not calibrated: no choice
+        browser.get(server.url + "/")
+        assert not browser.find_element(By.ID, "answer-choice").is_displayed()

@@ -26,7 +26,7 @@ from dataloader.tta import build_tta
 from engine.components import loader_for
 from engine.inference import Predictor, ensemble_weights, gather_probs, load_member, resume_paths
 from engine.job import open_job
-from utils.calibration import answer_text
+from utils.calibration import answer_text, require_answer
 from utils.checkpoint import atomic_write
 from utils.distributed import DistInfo
 from utils.errors import DataError, UsageError
@@ -55,8 +55,7 @@ def run(cfg: Config, explicit: set[str]) -> Path:
         for path, weight in zip(paths, weights):
             member = load_member(path, cfg, explicit, info.device, class_names, paths[0])
             class_names = member.class_names
-            if cfg.answer != "top":
-                answer_text(torch.zeros(0, len(class_names)), class_names, member.calibration, cfg.answer)  # fitted?
+            require_answer(member.calibration, cfg.answer)  # before predicting: the model can give this answer
             member_probs, readable = predict_member(member, inputs, cfg, info)
             probs = member_probs * weight if probs is None else probs + member_probs * weight
             log.info("%s: %d images predicted (weight %.3f)", path, int(readable.sum()), weight)

@@ -45,6 +45,7 @@ from serving.runtime import (  # noqa: E402  (serving.runtime imports no trainin
     answer_text,
     load_exported,
     load_image_tensor,
+    require_answer,
 )
 
 
@@ -224,9 +225,10 @@ def run_classifier(args: argparse.Namespace) -> int:
         args.model = str(newest_export(REPO / "checkpoints"))
         print(f"no MODEL given: using the newest export under {REPO / 'checkpoints'}: {args.model}", file=sys.stderr)
     model = load_exported(args.model, args.threads)
-    if args.answer != "top" and (model.calibration is None or model.calibration.threshold is None):
-        raise DemoError(f"--answer {args.answer}: {args.model} holds no calibration; run `python main.py --calibrate "
-                        "--resume CKPT` and export the checkpoint again", USAGE_ERROR)
+    try:
+        require_answer(model.calibration, args.answer)
+    except ValueError as exc:
+        raise DemoError(f"--answer {args.answer}: {args.model}: {exc}", USAGE_ERROR) from None
     images = list_images(args.images)
     if args.benchmark is not None:
         return run_benchmark(model, images[0], args)

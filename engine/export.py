@@ -27,7 +27,7 @@ from config import Config
 from dataloader import build_split_dataset
 from dataloader.preprocess import Preprocessing
 from engine.components import fitting_of, model_from_checkpoint, preprocessing_of
-from utils.calibration import Calibration
+from utils.calibration import temperature_of
 from utils.checkpoint import Checkpoint
 from utils.logger import get_logger
 
@@ -90,8 +90,7 @@ def inference_models(ckpt: Checkpoint, cfg: Config) -> tuple[InferenceModel, Inf
     (what gets exported) and the number of BatchNorm layers folded."""
     preprocessing = preprocessing_of(cfg)
     model = model_from_checkpoint(ckpt, cfg, torch.device("cpu"))
-    calibration = Calibration.from_dict(ckpt.calibration)
-    temperature = calibration.temperature if calibration else 1.0
+    temperature = temperature_of(ckpt.calibration)
     eager = InferenceModel(model, preprocessing, cfg.criterion, temperature).eval()
     fused_model, folded = fuse_conv_bn(model, cfg.model)
     return eager, InferenceModel(fused_model, preprocessing, cfg.criterion, temperature).eval(), folded

@@ -21,7 +21,7 @@ from dataloader.tta import TestTimeAugmentation
 from engine.components import fitting_of, loader_for, model_from_checkpoint, preprocessing_of, split_dataset_of
 from engine.device import autocast, to_device_uint8, to_model_input
 from engine.job import resolve_config
-from utils.calibration import Calibration, scores_to_probs, selective_metrics
+from utils.calibration import Calibration, scores_to_probs, selective_metrics, temperature_of
 from utils.checkpoint import Checkpoint
 from utils.distributed import DistInfo, gather_predictions
 from utils.errors import UsageError
@@ -89,12 +89,6 @@ def predict_probs(model: torch.nn.Module, loader, cfg: Config, preprocessing: Pr
     return gather_probs(model_probs_fn(model, cfg, preprocessing, device, temperature), loader, device, tta)
 
 
-def temperature_of(ckpt: Checkpoint) -> float:
-    """The checkpoint's calibrated temperature (``--calibrate``), 1 when it was never calibrated."""
-    calibration = Calibration.from_dict(ckpt.calibration)
-    return calibration.temperature if calibration else 1.0
-
-
 def predict_split(cfg: Config, ckpt: Checkpoint, split: str, info: DistInfo,
                   tta: TestTimeAugmentation | None = None) -> tuple:
     """The checkpoint's class probabilities on one split of its data, carved as its run carved it, all-gathered.
@@ -104,7 +98,7 @@ def predict_split(cfg: Config, ckpt: Checkpoint, split: str, info: DistInfo,
         dataset = EncodedImageDataset(dataset)
     model = model_from_checkpoint(ckpt, cfg, info.device)
     loader = loader_for(dataset, cfg, info)
-    return (dataset, *predict_probs(model, loader, cfg, preprocessing_of(cfg), info.device, tta, temperature_of(ckpt)))
+    return (dataset, *predict_probs(model, loader, cfg, preprocessing_of(cfg), info.device, tta, temperature_of(ckpt.calibration)))
 
 
 def split_logits(cfg: Config, ckpt: Checkpoint, split: str, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +134,7 @@ def ood_probs(cfg: Config, ckpt: Checkpoint, info: DistInfo) -> torch.Tensor:
                                          **fitting_of(cfg))
     model = model_from_checkpoint(ckpt, cfg, info.device)
     return predict_probs(model, loader_for(dataset, cfg, info), cfg, preprocessing_of(cfg), info.device,
-                         temperature=temperature_of(ckpt))[1]
+                         temperature=temperature_of(ckpt.calibration))[1]
 
 
 def resume_paths(cfg: Config) -> list[str]:
@@ -209,7 +203,7 @@ def load_predictor(path: str, cfg: Config, explicit: set[str], device: torch.dev
     member_cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, device)
     model = model_from_checkpoint(ckpt, member_cfg, device)
     return Predictor(path, list(ckpt.class_names), preprocessing_of(member_cfg),
-                     model_probs_fn(model, member_cfg, preprocessing_of(member_cfg), device, temperature_of(ckpt)),
+                     model_probs_fn(model, member_cfg, preprocessing_of(member_cfg), device, temperature_of(ckpt.calibration)),
                      calibration=Calibration.from_dict(ckpt.calibration))
 
 

@@ -46,7 +46,9 @@ Preprocessing = _preprocess.Preprocessing
 load_image_tensor = _preprocess.load_image_tensor
 _calibration = _load_by_path("utils/calibration.py", "classifier_calibration")
 Calibration = _calibration.Calibration
-ANSWERS, UNKNOWN, answer_text = _calibration.ANSWERS, _calibration.UNKNOWN, _calibration.answer_text
+ANSWERS, answer_text, can_answer = _calibration.ANSWERS, _calibration.answer_text, _calibration.can_answer
+require_answer = _calibration.require_answer
+prediction_sets, set_names = _calibration.prediction_sets, _calibration.set_names
 
 EXPORT_HINT = "export one with: python main.py --jit --resume CKPT  (or --onnx, --export pt2, --export openvino)"
 DEPLOY_MANIFEST = "deploy.json"

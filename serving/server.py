@@ -39,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Router
 
 from serving import runtime
-from serving.runtime import ANSWERS, UNKNOWN, answer_text
+from serving.runtime import answer_text, can_answer, prediction_sets, require_answer, set_names
 from serving.batcher import Batcher, QueueFull, ShuttingDown
 from serving.metrics import ServerMetrics
 from serving.protocol import INPUT_ENCODED, INPUT_PIXELS, OUTPUT, Problem, infer_reply, parse_infer
@@ -75,11 +75,10 @@ def decode_image_bytes(data: bytes, name: str, preprocessing: runtime.Preprocess
 
 def check_answer(answer: str, model: runtime.ExportedModel) -> None:
     """``?answer=``: top, unknown or set; the last two need the calibration the exported file carries."""
-    if answer not in ANSWERS:
-        raise Problem(400, f"answer must be one of {', '.join(ANSWERS)}, got '{answer}'", "bad_request")
-    if answer != "top" and (model.calibration is None or model.calibration.threshold is None):
-        raise Problem(400, f"answer={answer} needs a calibrated model; this one was exported without calibration "
-                           "(python main.py --calibrate --resume CKPT, then export again)", "bad_request")
+    try:
+        require_answer(model.calibration, answer)
+    except ValueError as exc:
+        raise Problem(400, str(exc), "bad_request") from None
 
 
 def top_classes(probs: torch.Tensor, class_names: list[str], k: int) -> list[list[dict]]:
@@ -119,7 +118,7 @@ def create_app(model: runtime.ExportedModel, settings: ServerSettings = ServerSe
     metrics = ServerMetrics(settings.max_batch_size)
     batcher = Batcher(model.run, input_shape=input_shape, max_batch_size=settings.max_batch_size,
                       max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics)
-    calibrated = model.calibration is not None and model.calibration.threshold is not None
+    calibrated = can_answer(model.calibration, "unknown") and can_answer(model.calibration, "set")
     page = (STATIC / "index.html").read_text(encoding="utf-8").replace("__CALIBRATED__", str(calibrated).lower())
 
     @asynccontextmanager
@@ -224,9 +223,12 @@ def create_app(model: runtime.ExportedModel, settings: ServerSettings = ServerSe
         probs = await classify(await decode_all(files))
         results = [{"image": file_name, "predictions": top}
                    for (file_name, _), top in zip(files, top_classes(probs, model.class_names, k))]
-        if answer != "top":
+        if answer == "unknown":
             for result, text in zip(results, answer_text(probs, model.class_names, model.calibration, answer)):
-                result["answer"] = text if answer == "unknown" else (text.split("|") if text != UNKNOWN else [])
+                result["answer"] = text
+        elif answer == "set":  # a list of class names (empty: unknown)
+            for result, names in zip(results, set_names(prediction_sets(probs, model.calibration), model.class_names)):
+                result["answer"] = names
         return JSONResponse({"model": name, "latency_ms": round((time.perf_counter() - started) * 1000, 3),
                              "results": results})
 

@@ -45,14 +45,6 @@ class Calibration:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
-    def describe(self) -> str:
-        parts = [f"temperature {self.temperature:.4f}"]
-        if self.threshold is not None:
-            parts.append(f"unknown below {self.threshold:.4f} (val coverage {100 * self.coverage:.1f}%)")
-        if self.qhat is not None:
-            parts.append(f"conformal sets at alpha {self.alpha:g} (classes with p >= {1 - self.qhat:.4f})")
-        return ", ".join(parts)
-
 
 def halves(count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the two fixed halves of ``count`` val images: even positions fit the temperature, odd ones the
@@ -116,21 +108,43 @@ def conformal_quantile(probs: torch.Tensor, targets: torch.Tensor, alpha: float)
     return 1.0 if rank > n else float(scores[rank - 1])
 
 
+def temperature_of(record: dict | None) -> float:
+    """The temperature of a checkpoint's calibration record, 1 for a model never calibrated."""
+    calibration = Calibration.from_dict(record)
+    return calibration.temperature if calibration else 1.0
+
+
+NEEDS = {"unknown": ("threshold", "reject threshold"), "set": ("qhat", "conformal quantile")}  # answer -> fitted part
+
+
+def can_answer(calibration: Calibration | None, answer: str) -> bool:
+    """Whether a model with this calibration (None: never calibrated) can give ``answer`` (one of ANSWERS)."""
+    part = NEEDS.get(answer)
+    return part is None or (calibration is not None and getattr(calibration, part[0]) is not None)
+
+
+def require_answer(calibration: Calibration | None, answer: str) -> None:
+    """Refuse, with what to do, an answer the model cannot give: an unknown mode, or "unknown" / "set" without the
+    threshold / quantile --calibrate fits. --predict, the demo and the server all ask here."""
+    if answer not in ANSWERS:
+        raise ValueError(f"unknown answer {answer!r}; choose from {', '.join(ANSWERS)}")
+    if not can_answer(calibration, answer):
+        part = NEEDS[answer]
+        raise ValueError(f"answer {answer!r} needs a calibrated model, and this one has no {part[1]}; fit one with "
+                         "`main.py --calibrate --resume CKPT` (and export again)")
+
+
 def answer_labels(probs: torch.Tensor, calibration: Calibration | None) -> torch.Tensor:
     """Top-1 class per image (argmax, lowest index on a tie), or -1 ("unknown") where the top probability is below
     the calibrated threshold."""
-    if calibration is None or calibration.threshold is None:
-        raise ValueError("this model has no reject threshold; fit one with `main.py --calibrate --resume CKPT` "
-                         "(and export again)")
+    require_answer(calibration, "unknown")
     top, labels = probs.max(dim=1)
     return torch.where(top >= calibration.threshold, labels, torch.full_like(labels, -1))
 
 
 def prediction_sets(probs: torch.Tensor, calibration: Calibration | None) -> torch.Tensor:
     """Boolean (images, classes) mask of each image's conformal set: classes with probability >= 1 - qhat."""
-    if calibration is None or calibration.qhat is None:
-        raise ValueError("this model has no conformal quantile; fit one with `main.py --calibrate --resume CKPT` "
-                         "(and export again)")
+    require_answer(calibration, "set")
     return probs >= 1.0 - calibration.qhat
 
 
@@ -143,13 +157,12 @@ def answer_text(probs: torch.Tensor, class_names: list[str], calibration: Calibr
                 answer: str) -> list[str]:
     """One answer per image as text: the top class, that or "unknown", or the set joined by '|' ("unknown" when
     empty)."""
+    require_answer(calibration, answer)
     if answer == "top":
         return [class_names[i] for i in probs.argmax(dim=1).tolist()]
     if answer == "unknown":
         return [class_names[i] if i >= 0 else UNKNOWN for i in answer_labels(probs, calibration).tolist()]
-    if answer == "set":
-        return ["|".join(names) or UNKNOWN for names in set_names(prediction_sets(probs, calibration), class_names)]
-    raise ValueError(f"unknown answer {answer!r}; choose from {', '.join(ANSWERS)}")
+    return ["|".join(names) or UNKNOWN for names in set_names(prediction_sets(probs, calibration), class_names)]
 
 
 def selective_metrics(probs: torch.Tensor, targets: torch.Tensor, calibration: Calibration) -> dict:

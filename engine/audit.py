@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from config import Config
-from dataloader import ImageClassificationDataset
 from dataloader.datasets import kfold_split
 from dataloader.image_audit import ImageFacts, near_duplicates, scan_images
-from engine.components import fitting_of, loader_for, model_from_checkpoint, preprocessing_of
-from engine.inference import predict_probs
+from engine.inference import predict_files
 from engine.job import resolve_config
 from engine.training import train
 from utils.checkpoint import Checkpoint
@@ -140,13 +138,8 @@ def out_of_fold_probs(facts: list[ImageFacts], models: list[FoldModel], info: Di
 def predict_images(model: FoldModel, images: list[ImageFacts], class_names: list[str], info: DistInfo) -> np.ndarray:
     """Class probabilities of one fold model for these images, fitted as its training fitted them; all-gathered."""
     to_index = {name: i for i, name in enumerate(class_names)}
-    dataset = ImageClassificationDataset([(f.path, to_index[f.label]) for f in images], class_names,
-                                         image_size=tuple(model.cfg.image_size), seed=model.cfg.seed,
-                                         **fitting_of(model.cfg))
-    network = model_from_checkpoint(model.ckpt, model.cfg, info.device)
-    loader = loader_for(dataset, model.cfg, info)
-    _, probs, _ = predict_probs(network, loader, model.cfg, preprocessing_of(model.cfg), info.device)
-    return probs.double().cpu().numpy()
+    samples = [(f.path, to_index[f.label]) for f in images]
+    return predict_files(model.cfg, model.ckpt, samples, info).double().cpu().numpy()
 
 
 def rank_label_issues(facts: list[ImageFacts], probs: np.ndarray, class_names: list[str]) -> list[LabelIssue]:

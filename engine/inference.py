@@ -93,22 +93,24 @@ def predict_split(cfg: Config, ckpt: Checkpoint, split: str, info: DistInfo,
                   tta: TestTimeAugmentation | None = None) -> tuple:
     """The checkpoint's class probabilities on one split of its data, carved as its run carved it, all-gathered.
     Returns ``(dataset, indices, probs, targets)`` (see gather_probs), identical on every rank."""
-    dataset = split_dataset_of(cfg, split, ckpt.class_names)
-    if cfg.decode == "device":  # workers only read the files; gather_probs decodes each batch on the device
-        dataset = EncodedImageDataset(dataset)
-    model = model_from_checkpoint(ckpt, cfg, info.device)
-    loader = loader_for(dataset, cfg, info)
-    return (dataset, *predict_probs(model, loader, cfg, preprocessing_of(cfg), info.device, tta, temperature_of(ckpt.calibration)))
+    dataset, model, loader = split_inputs(cfg, ckpt, split, info)
+    temperature = temperature_of(ckpt.calibration)
+    return (dataset, *predict_probs(model, loader, cfg, preprocessing_of(cfg), info.device, tta, temperature))
 
 
 def split_logits(cfg: Config, ckpt: Checkpoint, split: str, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
     """The checkpoint's raw logits (no temperature) and the targets on one split, all-gathered in sample order."""
-    dataset = split_dataset_of(cfg, split, ckpt.class_names)
-    if cfg.decode == "device":
-        dataset = EncodedImageDataset(dataset)
-    model = model_from_checkpoint(ckpt, cfg, info.device)
-    _, logits, targets = predict_logits(model, loader_for(dataset, cfg, info), cfg, preprocessing_of(cfg), info.device)
+    _, model, loader = split_inputs(cfg, ckpt, split, info)
+    _, logits, targets = predict_logits(model, loader, cfg, preprocessing_of(cfg), info.device)
     return logits, targets
+
+
+def split_inputs(cfg: Config, ckpt: Checkpoint, split: str, info: DistInfo) -> tuple:
+    """``(dataset, network, loader)`` of one split of the checkpoint's data, carved as its run carved it."""
+    dataset = split_dataset_of(cfg, split, ckpt.class_names)
+    if cfg.decode == "device":  # workers only read the files; the prediction loop decodes each batch on the device
+        dataset = EncodedImageDataset(dataset)
+    return dataset, model_from_checkpoint(ckpt, cfg, info.device), loader_for(dataset, cfg, info)
 
 
 def evaluation_report(cfg: Config, ckpt: Checkpoint, info: DistInfo, split: str,
@@ -129,8 +131,13 @@ def evaluation_report(cfg: Config, ckpt: Checkpoint, info: DistInfo, split: str,
 
 def ood_probs(cfg: Config, ckpt: Checkpoint, info: DistInfo) -> torch.Tensor:
     """The checkpoint's (calibrated) class probabilities for the images of ``--ood_data``, all-gathered in order."""
-    samples = [(str(path), -1) for _, path in list_inputs(cfg.ood_data, "--ood_data")]  # no labels: -1
-    dataset = ImageClassificationDataset(samples, ckpt.class_names, image_size=cfg.image_size, seed=cfg.seed,
+    return predict_files(cfg, ckpt, [(str(path), -1) for _, path in list_inputs(cfg.ood_data, "--ood_data")], info)
+
+
+def predict_files(cfg: Config, ckpt: Checkpoint, samples: list[tuple[str, int]], info: DistInfo) -> torch.Tensor:
+    """The checkpoint's (calibrated) class probabilities for image files ``(path, label or -1)``, fitted to the input
+    as its training fitted them; all-gathered in the order given."""
+    dataset = ImageClassificationDataset(samples, ckpt.class_names, image_size=tuple(cfg.image_size), seed=cfg.seed,
                                          **fitting_of(cfg))
     model = model_from_checkpoint(ckpt, cfg, info.device)
     return predict_probs(model, loader_for(dataset, cfg, info), cfg, preprocessing_of(cfg), info.device,
@@ -202,8 +209,8 @@ def load_predictor(path: str, cfg: Config, explicit: set[str], device: torch.dev
     member_cfg, ckpt = resolve_config(dataclasses.replace(cfg, resume=path), explicit)
     member_cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, device)
     model = model_from_checkpoint(ckpt, member_cfg, device)
-    return Predictor(path, list(ckpt.class_names), preprocessing_of(member_cfg),
-                     model_probs_fn(model, member_cfg, preprocessing_of(member_cfg), device, temperature_of(ckpt.calibration)),
+    probs = model_probs_fn(model, member_cfg, preprocessing_of(member_cfg), device, temperature_of(ckpt.calibration))
+    return Predictor(path, list(ckpt.class_names), preprocessing_of(member_cfg), probs,
                      calibration=Calibration.from_dict(ckpt.calibration))
 
 

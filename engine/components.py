@@ -52,7 +52,8 @@ def train_crop_of(cfg: Config) -> tuple[tuple[float, float], tuple[float, float]
 
 
 def aug_options_of(cfg: Config) -> AugmentOptions:
-    """The parametrised augmentations' flags (--erasing_*, --cutout_*, --gridmask_*, --vflip_p); checked there."""
+    """The parametrised augmentations' flags (--erasing_*, --cutout_*, --gridmask_*, --vflip_p, --crop_padding);
+    checked there."""
     value = cfg.erasing_value
     if value != "random" and not (str(value).isdigit() and 0 <= int(value) <= 255):
         raise UsageError(f"--erasing_value {value}: give 'random' (uniform noise) or a grey level 0-255")
@@ -62,7 +63,8 @@ def aug_options_of(cfg: Config) -> AugmentOptions:
             erasing_value=None if value == "random" else int(value), cutout_holes=cfg.cutout_holes,
             cutout_length=cfg.cutout_length, gridmask_p=cfg.gridmask_p,
             gridmask_d=tuple(cfg.gridmask_d) if cfg.gridmask_d else None, gridmask_ratio=tuple(cfg.gridmask_ratio),
-            gridmask_rotate=cfg.gridmask_rotate, vflip_p=cfg.vflip_p)
+            gridmask_rotate=cfg.gridmask_rotate, vflip_p=cfg.vflip_p,
+            crop_padding=cfg.crop_padding)
     except ValueError as error:
         raise UsageError(str(error)) from None
 

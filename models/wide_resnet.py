@@ -81,5 +81,6 @@ def _register(depth: int, widen: int, note: str) -> None:
 
 _register(10, 4, "1 block per group, about 1.2 M parameters; the fast member")
 _register(16, 4, "2 blocks per group, about 2.7 M parameters")
+_register(22, 1, "3 blocks per group at widths 16-32-64, about 0.27 M parameters: ResNet-20's size, pre-activation")
 _register(16, 8, "2 blocks per group, about 11 M parameters")
 _register(28, 10, "4 blocks per group, about 36 M parameters: the Fashion-MNIST README's 96.3% model")

@@ -220,7 +220,32 @@ def check_cutout(image):
         assert 0 < dropped <= 3 * 16
 
 
+def check_flipcrop(image):
+    """A whole-pixel shift of at most --crop_padding px (after an optional mirror): every output is the image or its
+    mirror moved by (dy, dx), with the pad value where the shift uncovers the border; --crop_padding 0 only flips."""
+    h, w = image.shape[:2]
+
+    def shift_of(out, padding):
+        for source in (image, image[:, ::-1]):
+            for dy in range(-padding, padding + 1):
+                for dx in range(-padding, padding + 1):
+                    moved = np.zeros_like(image)
+                    moved[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = \
+                        source[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
+                    if np.array_equal(out, moved):
+                        return dy, dx
+        return None
+
+    shifts = [shift_of(out, 2) for out in outputs("flipcrop", image, n=30, options=AugmentOptions(crop_padding=2))]
+    assert None not in shifts and len(set(shifts)) > 5  # several offsets drawn, none beyond 2 px
+    unshifted = outputs("flipcrop", image, n=6, options=AugmentOptions(crop_padding=0))
+    assert all(shift_of(o, 0) == (0, 0) for o in unshifted)
+    with pytest.raises(ValueError, match="--crop_padding"):
+        AugmentOptions(crop_padding=-1)
+
+
 SPECIFIC_CHECKS = {
+    "flipcrop": check_flipcrop,
     "vflip": check_vflip,
     "cutout": check_cutout,
     "basic": check_basic,

@@ -12,7 +12,7 @@ from models.heads import find_classifier_name, replace_classifier
 
 # (name, input size). Our own models run at their native 28/32 px; the seed models at 64 px to stay fast.
 OWN_CASES = [("small_cnn", 28), ("small_cnn", 32), ("small_cnn_wide", 32), ("small_cnn_tiny", 16), ("wrn10_4", 28), ("wrn16_4", 28),
-             ("wrn16_8", 28), ("wrn28_10", 32), ("resnet9", 32), ("resnet9_half", 28)]
+             ("wrn22_1", 28), ("wrn16_8", 28), ("wrn28_10", 32), ("resnet9", 32), ("resnet9_half", 28)]
 SEED_CASES = [
     ("resnet18", 64),
     ("resnet50", 64),

@@ -47,10 +47,11 @@ def speed_cache_file() -> Path:
 
 
 def choose_channels_last(requested: bool | None, model: torch.nn.Module, input_shape: tuple[int, ...],
-                         device: torch.device, amp_dtype: torch.dtype | None, steps: int = 3,
+                         device: torch.device, amp_dtype: torch.dtype | None, steps: int = 5,
                          model_name: str | None = None) -> tuple[bool, str]:
     """``--channels_last`` / ``--no-channels_last`` win; CUDA takes channels_last; on CPU the verdict of a probe
-    (a few training steps of a copy of the model in both formats, channels_last kept when >= 5% faster) is read
+    (training steps of a copy of the model in both formats, two alternating rounds of `steps` each, the faster
+    round's median per format; channels_last kept when >= 5% faster) is read
     from the cache file when this (machine, model, input, AMP, threads) was measured before, and measured and
     cached otherwise. Returns the decision and a short reason for the log (naming the cache file to delete)."""
     if requested is not None:
@@ -66,9 +67,10 @@ def choose_channels_last(requested: bool | None, model: torch.nn.Module, input_s
     if cached is not None:
         return bool(cached["channels_last"]), (f"cached verdict from {file} ({cached['reason']}; delete the entry "
                                                "or pass --channels_last/--no-channels_last to change it)")
-    timings = {fmt: _time_train_steps(model, input_shape, device, amp_dtype, fmt, steps)
-               for fmt in (torch.contiguous_format, torch.channels_last)}
-    contiguous, channels_last = timings[torch.contiguous_format], timings[torch.channels_last]
+    formats = (torch.contiguous_format, torch.channels_last)
+    rounds = [[_time_train_steps(model, input_shape, device, amp_dtype, fmt, steps) for fmt in formats]
+              for _ in range(2)]  # alternating, so a burst of load on the machine hits both formats
+    contiguous, channels_last = (min(times) for times in zip(*rounds))
     decision = channels_last < 0.95 * contiguous
     reason = f"probe: {contiguous * 1e3:.0f} ms contiguous vs {channels_last * 1e3:.0f} ms channels_last per step"
     _write_cache(file, key, {"channels_last": decision, "reason": reason, "measured": time.strftime("%Y-%m-%d")})

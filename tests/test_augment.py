@@ -242,6 +242,9 @@ def check_flipcrop(image):
     assert all(shift_of(o, 0) == (0, 0) for o in unshifted)
     with pytest.raises(ValueError, match="--crop_padding"):
         AugmentOptions(crop_padding=-1)
+    from config import parse_config
+    from engine.components import aug_options_of
+    assert aug_options_of(parse_config(["--crop_padding", "3"])[0]).crop_padding == 3  # the flag reaches the options
 
 
 SPECIFIC_CHECKS = {

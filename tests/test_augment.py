@@ -14,6 +14,7 @@ from config import Config, parse_config
 from dataloader.augment import AUGMENTATIONS, AugmentationPipeline, AugmentOptions, parse_aug, random_affine
 from dataloader.datasets import ImageClassificationDataset, build_loader
 from dataloader.preprocess import letterbox_resize
+from engine.components import aug_options_of
 
 SIZE = (40, 40)
 
@@ -242,8 +243,6 @@ def check_flipcrop(image):
     assert all(shift_of(o, 0) == (0, 0) for o in unshifted)
     with pytest.raises(ValueError, match="--crop_padding"):
         AugmentOptions(crop_padding=-1)
-    from config import parse_config
-    from engine.components import aug_options_of
     assert aug_options_of(parse_config(["--crop_padding", "3"])[0]).crop_padding == 3  # the flag reaches the options
 
 

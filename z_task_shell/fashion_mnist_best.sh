@@ -3,10 +3,12 @@
 # multiply-adds at 28x28) on all 60,000 training images (--val_ratio 0: no val split, the final model is the last
 # EMA), flip + a shift of up to 2 px + random erasing, SGD (Nesterov) 0.1 with 1 warmup epoch and cosine, weight decay
 # 5e-4, label smoothing 0.1, EMA of the weights, 54 epochs (60 minutes of training, 61 for the whole script, on an
-# idle 2-core AVX512 CPU). The model and augmentation were chosen on the 54k/6k val split (docs/results/time_to_accuracy/best_val_*).
+# idle 2-core AVX512 CPU). The model and augmentation were chosen on the 54k/6k val split
+# (docs/results/time_to_accuracy/best_val_*).
 # best.pth (the last EMA weights) is evaluated once on the official test set, plain and with flip test-time
 # augmentation; the log, per-epoch summary and reports go to docs/results/fashion_mnist_best_${EPOCHS}ep/.
-# EPOCHS=104 is the two-hour version of the same recipe: 115.4 minutes for the whole script, 95.43% plain test top-1 (docs/results/fashion_mnist_best_104ep/).
+# EPOCHS=104 is the two-hour version of the same recipe: 115.4 minutes for the whole script, 95.43% plain test
+# top-1 (docs/results/fashion_mnist_best_104ep/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash z_task_shell/setup_env.sh

@@ -5,7 +5,7 @@
     model = models.build_model("small_cnn", num_classes=7, head="cosine", dropout=0.2, pooling="avgmax")
     models.list_models("*mobilenet*")
 """
-from . import resnet9, small_cnn, wide_resnet  # noqa: F401  (register our own models)
+from . import airbench, resnet9, small_cnn, wide_resnet  # noqa: F401  (register our own models)
 from .head_options import HEADS, POOLINGS, AdaptiveAvgMaxPool2d, CosineLinear, DropoutLinear
 from .heads import get_classifier, prior_bias_value, replace_classifier, set_prior_bias
 from .pretrained import load_pretrained

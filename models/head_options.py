@@ -117,9 +117,11 @@ def set_classifier_dropout(model: nn.Module, p: float) -> None:
 
 
 def use_avgmax_pooling(model: nn.Module, name: str) -> None:
-    """Replace the global average pooling of an own or torchvision model `name` by AdaptiveAvgMaxPool2d and
-    double the input of the first Linear after it; fails, naming the model, where that cannot be done."""
-    pool_attr = next((a for a in _POOL_ATTRIBUTES if isinstance(getattr(model, a, None), nn.AdaptiveAvgPool2d)), None)
+    """Replace the global average (or max, as in airbench) pooling of an own or torchvision model `name` by
+    AdaptiveAvgMaxPool2d and double the input of the first Linear after it; fails, naming the model, where that
+    cannot be done."""
+    global_pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    pool_attr = next((a for a in _POOL_ATTRIBUTES if isinstance(getattr(model, a, None), global_pools)), None)
     hint = "use --pooling avg, or timm's version of the model (--model timm/NAME) where timm has one"
     if pool_attr is None:
         raise ValueError(f"--pooling avgmax: {name} has no global average pooling module (avgpool) in front of its "

@@ -12,7 +12,8 @@ from models.heads import find_classifier_name, replace_classifier
 
 # (name, input size). Our own models run at their native 28/32 px; the seed models at 64 px to stay fast.
 OWN_CASES = [("small_cnn", 28), ("small_cnn", 32), ("small_cnn_wide", 32), ("small_cnn_tiny", 16), ("wrn10_4", 28), ("wrn16_4", 28),
-             ("wrn22_1", 28), ("wrn16_8", 28), ("wrn28_10", 32), ("resnet9", 32), ("resnet9_half", 28)]
+             ("wrn22_1", 28), ("wrn16_8", 28), ("wrn28_10", 32), ("resnet9", 32), ("resnet9_half", 28),
+             ("airbench94", 28), ("airbench_m", 32)]
 SEED_CASES = [
     ("resnet18", 64),
     ("resnet50", 64),
@@ -223,6 +224,23 @@ def test_small_cnn_learns_digits() -> None:
     with torch.no_grad():
         accuracy = (model(x[test]).argmax(1) == y[test]).float().mean().item()
     assert accuracy > 0.9, f"small_cnn reached only {accuracy:.3f} on held-out digits after 3 epochs"
+
+
+def test_airbench_convolutions_start_as_identity() -> None:
+    # Dirac init: the first min(in, out) filters pass their input channel through; the rest keep a random init.
+    from models.airbench import dirac_conv
+
+    torch.manual_seed(0)
+    conv = dirac_conv(4, 8)
+    x = torch.randn(2, 4, 9, 9)
+    with torch.no_grad():
+        out = conv(x)
+    assert torch.equal(out[:, :4], x)
+    assert out[:, 4:].abs().sum() > 0
+    # the stem conv (3 -> 24) and each group's first conv (24 -> 64, 64 -> 128...) all start this way
+    model = models.build_model("airbench_m", num_classes=NUM_CLASSES)
+    first = model.features[0][0]
+    assert torch.equal(first.weight[:3, :, 1, 1], torch.eye(3))
 
 
 def test_prior_bias_without_bias_fails_clearly() -> None:

@@ -78,7 +78,8 @@ def test_folder_input_target_layer_and_errors(square_model, tmp_path):
 
 
 @pytest.mark.parametrize(("name", "expected"), [("resnet18", "layer4"), ("wrn10_4", "features"),
-                                                ("resnet9_half", "features"), ("mobilenet_v3_small", "features")])
+                                                ("resnet9_half", "features"), ("airbench_m", "features"),
+                                                ("mobilenet_v3_small", "features")])
 def test_target_layer_is_the_last_spatial_map(name, expected):
     model = build_model(name, num_classes=3).eval()
     assert find_target_layer(model, torch.randn(1, 3, 64, 64))[0] == expected

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import models
+from models.airbench import dirac_conv
 from models.heads import find_classifier_name, replace_classifier
 
 # (name, input size). Our own models run at their native 28/32 px; the seed models at 64 px to stay fast.
@@ -228,8 +229,6 @@ def test_small_cnn_learns_digits() -> None:
 
 def test_airbench_convolutions_start_as_identity() -> None:
     # Dirac init: the first min(in, out) filters pass their input channel through; the rest keep a random init.
-    from models.airbench import dirac_conv
-
     torch.manual_seed(0)
     conv = dirac_conv(4, 8)
     x = torch.randn(2, 4, 9, 9)

@@ -20,7 +20,7 @@ from optim.averaging import update_bn
 from utils.checkpoint import Checkpoint, epoch_checkpoints, load_checkpoint, save_checkpoint
 from utils.distributed import average_buffers
 from utils.errors import UsageError
-from utils.hardware import choose_amp
+from utils.hardware import choose_inference_amp
 
 
 def average_state_dicts(states: list[dict[str, torch.Tensor]], names: list[str]) -> dict[str, torch.Tensor]:
@@ -104,7 +104,7 @@ def run(cfg: Config, explicit: set[str]) -> Path:
 def recompute_bn(weights: dict[str, torch.Tensor], ckpt: Checkpoint, cfg: Config, explicit: set[str], info,
                  log) -> dict[str, torch.Tensor]:
     """BatchNorm running statistics of ``weights`` recomputed over the train split (no augmentation)."""
-    cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, info.device)
+    cfg.amp = choose_inference_amp(cfg.amp if "amp" in explicit else None, cfg.amp, info.device)
     model = model_from_checkpoint(ckpt, cfg, info.device, weights=weights)
     if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         log.warning("--update_bn: %s has no BatchNorm layers; nothing to recompute", cfg.model)

@@ -20,7 +20,7 @@ from engine.training import check_recipe, train
 from utils.checkpoint import save_checkpoint
 from utils.distributed import barrier
 from utils.errors import UsageError
-from utils.hardware import choose_amp
+from utils.hardware import choose_inference_amp
 
 MISSING = "--calibrate --resume needs a checkpoint (CHECKPOINT_DIR/RUN/best.pth)"
 
@@ -48,7 +48,8 @@ def train_then_calibrate(cfg: Config, explicit: set[str]) -> dict:
         barrier()  # rank 0 wrote best.pth, which every rank reads next
         best = run_dir(run_cfg) / "best.pth"
         calibrate_cfg, ckpt = resolve_config(dataclasses.replace(run_cfg, resume=str(best)), explicit)
-        calibrate_cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, job.info.device)
+        calibrate_cfg.amp = choose_inference_amp(cfg.amp if "amp" in explicit else None, calibrate_cfg.amp,
+                                                 job.info.device)
         return calibrate(Job(calibrate_cfg, ckpt, job.info, job.log), best)
 
 

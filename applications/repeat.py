@@ -17,7 +17,7 @@ from engine.training import check_recipe, train
 from utils.cv_report import run_scores, write_cv_report
 from utils.distributed import barrier
 from utils.errors import UsageError
-from utils.hardware import choose_amp
+from utils.hardware import choose_inference_amp
 from utils.metrics import write_report
 
 
@@ -62,7 +62,7 @@ def evaluate_test(run_dir: Path, cfg: Config, job) -> None:
                      decode=cfg.decode)
     eval_cfg, ckpt = resolve_config(runtime, {"split", "device"})
     eval_cfg.batch_size = cfg.batch_size
-    eval_cfg.amp = choose_amp(None, job.info.device)
+    eval_cfg.amp = choose_inference_amp(None, eval_cfg.amp, job.info.device)
     report = evaluation_report(eval_cfg, ckpt, job.info, "test")
     if job.info.is_main:
         write_report(report, ckpt.class_names, run_dir / "eval_test")

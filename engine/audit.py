@@ -25,7 +25,7 @@ from engine.training import train
 from utils.checkpoint import Checkpoint
 from utils.distributed import DistInfo, barrier, gather_objects
 from utils.errors import UsageError
-from utils.hardware import choose_amp
+from utils.hardware import choose_inference_amp
 
 DEFAULT_FOLDS = 5  # --kfold when the audit trains its own folds and none is given
 DEFAULT_EPOCHS = 3  # --epochs of those folds when not given: enough for a ranking, cheap enough to run first
@@ -89,7 +89,7 @@ def load_fold_models(paths: list[str], cfg: Config, explicit: set[str], info: Di
         runtime = Config(resume=path, device=cfg.device, workers=cfg.workers, decode="loader")
         fold_cfg, ckpt = resolve_config(runtime, {"device"})
         fold_cfg.batch_size = cfg.batch_size
-        fold_cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, info.device)
+        fold_cfg.amp = choose_inference_amp(cfg.amp if "amp" in explicit else None, fold_cfg.amp, info.device)
         if not fold_cfg.kfold:
             raise UsageError(f"--resume {path} is not a fold of a --kfold training (its config has no kfold); pass "
                              "the K checkpoints of `main.py --kfold K --fold I` runs (RUN/fold0/best.pth ...), or no "

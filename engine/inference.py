@@ -25,7 +25,7 @@ from utils.calibration import Calibration, scores_to_probs, selective_metrics, t
 from utils.checkpoint import Checkpoint
 from utils.distributed import DistInfo, gather_predictions
 from utils.errors import UsageError
-from utils.hardware import choose_amp
+from utils.hardware import choose_inference_amp
 from utils.metrics import classification_report, ood_metrics
 
 ProbsFn = Callable[[torch.Tensor], torch.Tensor]  # uint8 NCHW batch on the device -> class probabilities
@@ -207,7 +207,7 @@ def load_predictor(path: str, cfg: Config, explicit: set[str], device: torch.dev
     if suffix == ".pt":
         return _torchscript_predictor(path, device)
     member_cfg, ckpt = resolve_config(dataclasses.replace(cfg, resume=path), explicit)
-    member_cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, device)
+    member_cfg.amp = choose_inference_amp(cfg.amp if "amp" in explicit else None, member_cfg.amp, device)
     model = model_from_checkpoint(ckpt, member_cfg, device)
     probs = model_probs_fn(model, member_cfg, preprocessing_of(member_cfg), device, temperature_of(ckpt.calibration))
     return Predictor(path, list(ckpt.class_names), preprocessing_of(member_cfg), probs,

@@ -18,7 +18,7 @@ from config import RUNTIME_FLAGS, Config, write_config_yaml
 from utils.checkpoint import Checkpoint, load_checkpoint
 from utils.distributed import DistInfo, broadcast_object, cleanup_distributed, init_distributed
 from utils.errors import UsageError
-from utils.hardware import choose_amp
+from utils.hardware import choose_inference_amp
 from utils.logger import attach_log_file, get_logger, setup_logging
 
 
@@ -96,8 +96,9 @@ def open_job(cfg: Config, explicit: set[str], *, checkpoint: str = "optional", m
 
     ``checkpoint``: "required" (``missing`` is the error without --resume), "optional" (resume a run when given) or
     "none" (--resume is ignored here: the job reads its checkpoints itself). ``device`` overrides --device (export
-    runs on the CPU). ``eval_amp``: AMP chosen for this machine rather than the training one (jobs that only
-    predict). The process group is closed however the job ends.
+    runs on the CPU). ``eval_amp``: AMP for a job that only predicts: the flag, else the training's
+    precision where this machine runs it natively (utils.hardware.choose_inference_amp). The process group is
+    closed however the job ends.
     """
     info = init_distributed(device or cfg.device)
     log = setup_logging(None, info.is_main or info.local_rank == 0)  # rank 0 and, on other nodes, their first
@@ -110,7 +111,7 @@ def open_job(cfg: Config, explicit: set[str], *, checkpoint: str = "optional", m
             if checkpoint == "required" and ckpt is None:
                 raise UsageError(f"{missing} (--resume auto found no last.pth for --name {cfg.name})")
         if eval_amp:
-            cfg.amp = choose_amp(cfg.amp if "amp" in explicit else None, info.device)
+            cfg.amp = choose_inference_amp(cfg.amp if "amp" in explicit else None, cfg.amp, info.device)
         yield Job(cfg, ckpt, info, log)
     finally:
         cleanup_distributed()

@@ -4,7 +4,8 @@ import torch
 
 from dataloader import ImageClassificationDataset
 from models import build_model
-from utils.hardware import choose_amp, choose_channels_last, cpu_has_native_bf16, describe_hardware
+from utils.hardware import (choose_amp, choose_channels_last, choose_inference_amp, cpu_has_native_bf16,
+                            describe_hardware)
 
 CPU = torch.device("cpu")
 
@@ -18,6 +19,15 @@ def test_flags_win_over_hardware():
 def test_auto_amp_on_cpu_follows_native_bf16():
     assert choose_amp(None, CPU) == cpu_has_native_bf16()
     assert torch.backends.cpu.get_cpu_capability() in describe_hardware(CPU)
+
+
+def test_inference_amp_follows_the_training_precision_where_native():
+    """An fp32-trained model predicts in fp32 on every machine (as its exports and its logged val did); an
+    AMP-trained one keeps AMP only where this machine has it natively; a flag wins either way."""
+    assert choose_inference_amp(None, False, CPU) is False
+    assert choose_inference_amp(None, None, CPU) is False
+    assert choose_inference_amp(None, True, CPU) == cpu_has_native_bf16()
+    assert choose_inference_amp(True, False, CPU) is True and choose_inference_amp(False, True, CPU) is False
 
 
 def test_channels_last_probe_leaves_model_and_rng_untouched(tmp_path, monkeypatch):

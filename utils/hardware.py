@@ -41,6 +41,16 @@ def choose_amp(requested: bool | None, device: torch.device) -> bool:
     return device.type == "cuda" or cpu_has_native_bf16()
 
 
+def choose_inference_amp(requested: bool | None, trained: bool | None, device: torch.device) -> bool:
+    """AMP for a job that only predicts with a trained model: ``--amp`` / ``--no-amp`` win; unset means the precision
+    the model was trained and validated in, where this machine runs it natively (fp16 on CUDA, bf16 on CPUs with
+    native bf16), and fp32 otherwise. So an evaluation repeats the val accuracy training logged on the same machine,
+    and a checkpoint predicts what its (fp32) exports predict unless it was trained under AMP."""
+    if requested is not None:
+        return requested
+    return bool(trained) and choose_amp(None, device)
+
+
 def speed_cache_file() -> Path:
     root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "image-classifier"
     return Path(root) / "speed_choices.json"

@@ -87,6 +87,8 @@ class Config:
     mix_probs: list[float] | None = None
     multi_scale: bool = False
     multi_scale_sizes: list[int] | None = None
+    progressive_size: int | None = None
+    progressive_epochs: list[int] | None = None
     balance: bool = False
     aug_preview: int | None = None
     # optimizer extras and schedules (optim/)
@@ -543,6 +545,13 @@ def _augmentation_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g.add_argument("--multi_scale_sizes", type=_positive_int, nargs="+", default=d.multi_scale_sizes, metavar="S",
                    help="square sides for --multi_scale (long side for non-square inputs); default: the image "
                         "size x 0.75, 0.875, 1, 1.125, 1.25, rounded")
+    g.add_argument("--progressive_size", type=_positive_int, default=d.progressive_size, metavar="S",
+                   help="progressive resizing: train batches are resized on the device to side S (long side for "
+                        "non-square inputs) in the first epochs, growing to --image_size; cheaper early epochs")
+    g.add_argument("--progressive_epochs", type=_positive_int, nargs=2, default=d.progressive_epochs,
+                   metavar=("FIRST", "LAST"),
+                   help="--progressive_size: grow from S after epoch FIRST to --image_size at epoch LAST (1-based; "
+                        "default 1 and EPOCHS - EPOCHS // 4: the last quarter at full size)")
     g.add_argument("--balance", action="store_true",
                    help="class-balanced sampling: each epoch draws len(train) samples, classes equally likely")
 

@@ -5,6 +5,9 @@ Applied by training to the normalised float batch, after the loader (`BatchAugme
 
 - multi-scale (`--multi_scale`): the batch is resized to a shape chosen per step from a Generator seeded by
   (seed, epoch, step) only, so every DDP rank picks the same shape without communicating;
+- progressive resizing (`--progressive_size`): the batch is resized to a shape set by the epoch alone, growing from a
+  small side to `--image_size` (FFCV's low-resolution start; fastai's progressive resizing), so early epochs cost
+  less and the last ones train at the size the model is evaluated at;
 - mixes (`MIXES`: `--mixup`, `--cutmix`, `--ricap`): with probability `--mix_prob` per batch one of the
   requested mixes (picked uniformly) blends images and returns soft targets of shape (N, C) that sum to 1.
   Their randomness comes from a Generator seeded by (seed, epoch, step, rank), so a run repeats and resumes
@@ -134,6 +137,40 @@ def multi_scale_shapes(image_size: Sequence[int], sizes: Sequence[int] | None = 
     return list(dict.fromkeys(shapes))  # without repeats, in order
 
 
+def progressive_shapes(image_size: Sequence[int], start: int, epochs: int,
+                       ramp: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """The (H, W) training shape of each of ``epochs`` epochs under progressive resizing.
+
+    Epochs 1 to FIRST train at ``start`` (the square side; the long side for a non-square ``image_size``, the other
+    side scaled alike), epochs from LAST on at ``image_size``, and the epochs between at sizes growing linearly,
+    each side rounded down to a multiple of 4 px (8 from a 64 px short side, 32 from 128, as multi-scale rounds).
+    ``ramp`` is (FIRST, LAST), 1-based as the log counts epochs; default (1, epochs - epochs // 4): the last quarter
+    of the run at full size.
+    """
+    height, width = int(image_size[0]), int(image_size[1])
+    long_side = max(height, width)
+    if not 0 < start < long_side:
+        raise ValueError(f"--progressive_size must be between 1 and the --image_size long side ({long_side}) "
+                         f"exclusive, got {start}")
+    first, last = ramp if ramp is not None else (1, max(1, epochs - epochs // 4))
+    if not 1 <= first <= last <= epochs:
+        raise ValueError(f"--progressive_epochs {first} {last}: give FIRST <= LAST between 1 and --epochs ({epochs}): "
+                         "the epochs where growing from --progressive_size starts and where --image_size is reached")
+    multiple = 32 if min(height, width) >= 128 else 8 if min(height, width) >= 64 else 4
+    first_shape = (max(1, round(height * start / long_side)), max(1, round(width * start / long_side)))
+    shapes = []
+    for epoch in range(1, epochs + 1):
+        if epoch >= last:
+            shapes.append((height, width))
+            continue
+        grown = max(0.0, (epoch - first) / (last - first)) if last > first else 0.0
+        scale = (start + grown * (long_side - start)) / long_side
+        # rounded down, as FFCV does, so the full size comes at LAST and not before; never below the start
+        shapes.append((max(first_shape[0], int(height * scale) // multiple * multiple),
+                       max(first_shape[1], int(width * scale) // multiple * multiple)))
+    return shapes
+
+
 def resize_batch(images: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of an NCHW float batch, antialiased when shrinking; the memory format is kept."""
     if tuple(images.shape[-2:]) == tuple(shape):
@@ -150,18 +187,21 @@ def resize_batch(images: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
 
 
 class BatchAugment:
-    """Multi-scale, then one mix, per training step; the identity when neither is configured."""
+    """Multi-scale or the epoch's progressive size, then one mix, per training step; the identity when none is
+    configured."""
 
     def __init__(self, *, shapes: list[tuple[int, int]] | None, mixes: dict[str, float], mix_prob: float,
-                 num_classes: int, seed: int, rank: int, mix_probs: tuple[float, ...] | None = None) -> None:
+                 num_classes: int, seed: int, rank: int, mix_probs: tuple[float, ...] | None = None,
+                 epoch_shapes: list[tuple[int, int]] | None = None) -> None:
         self.shapes = shapes
+        self.epoch_shapes = epoch_shapes  # progressive resizing: the shape of each epoch, indexed from 0
         self.mixes: dict[str, tuple[Mix, float]] = {name: (MIXES.get(name), param) for name, param in mixes.items()}
         self.mix_prob, self.num_classes, self.seed, self.rank = mix_prob, num_classes, seed, rank
         self.mix_probs = mix_probs  # one probability per mix (seed 004); None: mix_prob, then one mix uniformly
 
     @property
     def enabled(self) -> bool:
-        return bool(self.shapes) or bool(self.mixes)
+        return bool(self.shapes) or bool(self.mixes) or bool(self.epoch_shapes)
 
     def shape_for(self, epoch: int, step: int) -> tuple[int, int]:
         """The input shape of a step: a function of (seed, epoch, step) only, hence equal on every rank."""
@@ -191,6 +231,8 @@ class BatchAugment:
                  step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.shapes:
             images = resize_batch(images, self.shape_for(epoch, step))
+        elif self.epoch_shapes:
+            images = resize_batch(images, self.epoch_shapes[min(epoch, len(self.epoch_shapes) - 1)])
         if self.mixes:
             images, targets = self.mix(images, targets, epoch=epoch, step=step)
         return images, targets
@@ -200,6 +242,8 @@ class BatchAugment:
         parts = []
         if self.shapes:
             parts.append("multi-scale " + ", ".join(f"{h}x{w}" for h, w in self.shapes))
+        if self.epoch_shapes:
+            parts.append("progressive resizing " + describe_epoch_shapes(self.epoch_shapes))
         if self.mixes and self.mix_probs is not None:
             parts.append(" / ".join(f"{name} {param:g} with p {p:g}"
                                     for (name, (_, param)), p in zip(self.mixes.items(), self.mix_probs)))
@@ -211,6 +255,18 @@ class BatchAugment:
     def __repr__(self) -> str:
         mixes = {name: param for name, (_, param) in self.mixes.items()}
         return f"{type(self).__name__}(shapes={self.shapes}, mixes={mixes}, mix_prob={self.mix_prob})"
+
+
+def describe_epoch_shapes(shapes: list[tuple[int, int]]) -> str:
+    """'20x20 in epochs 1-2, 24x24 in epochs 3-6, 28x28 in epochs 7-12': each shape and the epochs that train at it."""
+    runs: list[list] = []  # [shape, first epoch, last epoch], 1-based
+    for epoch, shape in enumerate(shapes, start=1):
+        if runs and runs[-1][0] == shape:
+            runs[-1][2] = epoch
+        else:
+            runs.append([shape, epoch, epoch])
+    return ", ".join(f"{h}x{w} in epochs {first}-{last}" if first != last else f"{h}x{w} in epoch {first}"
+                     for (h, w), first, last in runs)
 
 
 def build_batch_augment(
@@ -226,11 +282,20 @@ def build_batch_augment(
     ricap: float | None = None,
     mix_prob: float = 1.0,
     mix_probs: Sequence[float] | None = None,
+    progressive_size: int | None = None,
+    progressive_epochs: Sequence[int] | None = None,
+    epochs: int = 1,
 ) -> BatchAugment:
     """The training step's batch transform. mixup/cutmix take Beta alphas, ricap its beta; None leaves one out.
-    ``mix_probs``: one probability per given mix, in the order mixup, cutmix, ricap, instead of ``mix_prob``."""
+    ``mix_probs``: one probability per given mix, in the order mixup, cutmix, ricap, instead of ``mix_prob``.
+    ``progressive_size``: the side the first of ``epochs`` epochs train at (progressive_shapes, with
+    ``progressive_epochs`` as its ramp)."""
     if multi_scale_sizes and not multi_scale:
         raise ValueError("--multi_scale_sizes only takes effect with --multi_scale; add --multi_scale")
+    if progressive_epochs is not None and progressive_size is None:
+        raise ValueError("--progressive_epochs only takes effect with --progressive_size; add --progressive_size S")
+    if progressive_size is not None and multi_scale:
+        raise ValueError("--progressive_size sets each epoch's size and --multi_scale each step's: drop one of the two")
     if not 0.0 <= mix_prob <= 1.0:
         raise ValueError(f"--mix_prob must be in [0, 1], got {mix_prob}")
     mixes = {name: param for name, param in (("mixup", mixup), ("cutmix", cutmix), ("ricap", ricap))
@@ -243,5 +308,8 @@ def build_batch_augment(
         raise ValueError(f"--mix_probs {' '.join(map(str, mix_probs))}: give one probability in [0, 1] per mix set "
                          f"({', '.join(mixes) or 'none'}: in the order --mixup, --cutmix, --ricap), summing to <= 1")
     shapes = multi_scale_shapes(image_size, multi_scale_sizes) if multi_scale else None
+    epoch_shapes = (progressive_shapes(image_size, progressive_size, epochs, progressive_epochs)
+                    if progressive_size is not None else None)
     return BatchAugment(shapes=shapes, mixes=mixes, mix_prob=mix_prob, num_classes=num_classes, seed=seed,
-                        rank=rank, mix_probs=tuple(mix_probs) if mix_probs is not None else None)
+                        rank=rank, mix_probs=tuple(mix_probs) if mix_probs is not None else None,
+                        epoch_shapes=epoch_shapes)

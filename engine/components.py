@@ -96,11 +96,13 @@ def loader_for(dataset, cfg: Config, info: DistInfo, *, train: bool = False, bat
 
 
 def batch_augment_of(cfg: Config, rank: int) -> BatchAugment:
-    """Multi-scale and batch mixes for a training step, from the flags; the identity when none is set."""
+    """Multi-scale or progressive resizing and batch mixes for a training step, from the flags; the identity when none
+    is set."""
     return build_batch_augment(image_size=cfg.image_size, num_classes=cfg.num_classes, seed=cfg.seed, rank=rank,
                                multi_scale=cfg.multi_scale, multi_scale_sizes=cfg.multi_scale_sizes,
                                mixup=cfg.mixup, cutmix=cfg.cutmix, ricap=cfg.ricap, mix_prob=cfg.mix_prob,
-                               mix_probs=cfg.mix_probs)
+                               mix_probs=cfg.mix_probs, progressive_size=cfg.progressive_size,
+                               progressive_epochs=cfg.progressive_epochs, epochs=cfg.epochs)
 
 
 def model_options(cfg: Config) -> dict:

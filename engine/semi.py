@@ -155,9 +155,9 @@ def mean_teacher_from_config(cfg: Config, class_names: list[str], info: DistInfo
         return None
     if not cfg.unlabeled:
         raise ValueError("--mean_teacher needs unlabelled images: --unlabeled DIR_OR_CSV (a folder or a CSV list)")
-    if cfg.multi_scale:
+    if cfg.multi_scale or cfg.progressive_size:
         raise ValueError("--mean_teacher runs labelled and unlabelled images in one batch at --image_size; "
-                         "drop --multi_scale")
+                         f"drop {'--multi_scale' if cfg.multi_scale else '--progressive_size'}")
     dataset, _ = unlabelled_dataset(cfg.unlabeled, class_names, image_size=tuple(cfg.image_size), flag="--unlabeled",
                                     aug=cfg.aug or "basic", seed=cfg.seed, train_crop=train_crop_of(cfg),
                                     **fitting_of(cfg))

@@ -67,6 +67,7 @@ def check_recipe(cfg: Config) -> None:
                          "(the default)")
     train_crop_of(cfg)
     preprocessing_of(cfg)
+    batch_augment_of(cfg, 0)  # multi-scale, progressive resizing and mixes refuse bad settings before any work
     check_finetuning(cfg)
 
 
@@ -202,6 +203,8 @@ def build_training_run(job: Job, pseudo: PseudoLabels | None = None) -> Training
     run.freezer, run.saved_keys = freezer_of(cfg, run.model)
     run.freezer.set_epoch(run.start_epoch)  # before wrapping: DDP hooks only the parameters that require grad now
     log_parameter_counts(run.model, log, cfg.image_size if info.is_main else None)
+    if (batch_augment := batch_augment_of(cfg, info.rank)).enabled:
+        log.info("batch augmentation on the device: %s", batch_augment.describe())
     run.ddp_model = maybe_compile(wrap_ddp(run.model, info), run.model, cfg, info, log)
     log.info("run %s: %s, %d classes, train %d / val %d images, world size %d on %s", cfg.name, cfg.model,
              cfg.num_classes, len(splits.train), len(splits.val or ()), info.world_size, info.device)

@@ -61,6 +61,8 @@ FLAG_SETS = {
               {"mixup": 0.8, "cutmix": 0.5, "ricap": 0.3, "mix_prob": 0.9}),
     "multi_scale_balance": (["--multi_scale", "--multi_scale_sizes", "24", "40", "--balance"],
                             {"multi_scale": True, "multi_scale_sizes": [24, 40], "balance": True}),
+    "progressive": (["--progressive_size", "20", "--progressive_epochs", "1", "2"],
+                    {"progressive_size": 20, "progressive_epochs": [1, 2]}),
     "accum_clip_penalties": (["--accum_steps", "2", "--clip_grad", "1.0", "--l1", "1e-6", "--l2", "1e-5"],
                              {"accum_steps": 2, "clip_grad": 1.0, "l1": 1e-6, "l2": 1e-5}),
     "ema_swa_patience": (["--ema", "--ema_decay", "0.99", "--swa", "--swa_epochs", "1", "--swa_lr", "1e-4",

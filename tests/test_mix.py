@@ -1,10 +1,15 @@
-"""dataloader.mix: batch mixes (mixup, cutmix, RICAP) and multi-scale, on the device, repeatable from the seed.
+"""dataloader.mix: batch mixes (mixup, cutmix, RICAP), multi-scale and progressive resizing, on the device,
+repeatable from the seed.
 
 Mixes are checked on batches of constant images whose value is their class, so every pixel says where it came
 from: a soft target must give each source exactly the share of the image it contributes. The generic tests are
 parametrised over `MIXES`; `SPECIFIC_CHECKS` must name every entry.
 """
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +18,7 @@ import torch
 import main as entry
 from criterions import build_criterion
 from dataloader.mix import (MIXES, BatchAugment, build_batch_augment, hard_labels, multi_scale_shapes,
-                            resize_batch)
+                            progressive_shapes, resize_batch)
 from utils.checkpoint import load_checkpoint
 
 N, C = 8, 8
@@ -225,7 +230,79 @@ def test_resize_batch_keeps_memory_format_and_antialiases_when_shrinking():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# progressive resizing
+
+
+def test_progressive_shapes_grow_to_the_image_size_at_the_last_ramp_epoch():
+    # default ramp: from epoch 1 to 12 - 12 // 4 = 9, so the last quarter trains at full size
+    assert progressive_shapes((28, 28), 20, 12) == [(20, 20)] * 4 + [(24, 24)] * 4 + [(28, 28)] * 4
+    assert progressive_shapes((28, 28), 20, 12, (3, 9)) == [(20, 20)] * 5 + [(24, 24)] * 3 + [(28, 28)] * 4
+    # between the two ends sides round down (32 px steps from a 128 px side): the full size comes at LAST
+    assert progressive_shapes((224, 224), 128, 16, (11, 13)) == [(128, 128)] * 11 + [(160, 160)] + [(224, 224)] * 4
+    # the start is the side asked for, not rounded; later sides never fall below it
+    assert progressive_shapes((28, 28), 18, 6) == [(18, 18), (20, 20), (20, 20), (24, 24), (28, 28), (28, 28)]
+    assert progressive_shapes((30, 60), 40, 4) == [(20, 40), (24, 48), (30, 60), (30, 60)]  # S is the long side
+    assert progressive_shapes((28, 28), 20, 1) == [(28, 28)]  # one epoch: it is the last
+
+
+def test_progressive_size_follows_the_epoch_alone_on_every_rank():
+    ranks = [batch_augment(progressive_size=12, epochs=3, rank=r, mixup=0.5) for r in range(2)]
+    assert ranks[0].epoch_shapes == [(7, 12), (8, 16), (12, 20)]  # image_size (12, 20): S is the long side
+    assert ranks[0].describe().startswith("progressive resizing 7x12 in epoch 1, 8x16 in epoch 2, 12x20 in epoch 3")
+    for epoch, shape in enumerate([(7, 12), (8, 16), (12, 20), (12, 20)]):  # past the last epoch: the full size
+        for step in range(4):
+            for augment in ranks:
+                images, labels = labelled_batch()
+                out, targets = augment(images, labels, epoch=epoch, step=step)
+                assert tuple(out.shape) == (N, 3, *shape) and targets.shape == (N, C)
+
+
+def test_progressive_settings_that_cannot_work_name_the_flag(tiny_digits, tmp_path):
+    with pytest.raises(ValueError, match="--progressive_epochs only takes effect with --progressive_size"):
+        batch_augment(progressive_epochs=[1, 2], epochs=3)
+    with pytest.raises(ValueError, match="--multi_scale each step's: drop one of the two"):
+        batch_augment(progressive_size=8, multi_scale=True, epochs=3)
+    with pytest.raises(ValueError, match=r"--progressive_size must be between 1 and the --image_size long side \(20\)"):
+        batch_augment(progressive_size=20, epochs=3)
+    with pytest.raises(ValueError, match=r"--progressive_epochs 2 5: give FIRST <= LAST between 1 and --epochs \(3\)"):
+        batch_augment(progressive_size=8, progressive_epochs=[2, 5], epochs=3)
+    # from the command line: one line, before any training, and no run folder is left behind
+    done = subprocess.run([sys.executable, "main.py", "--data", str(tiny_digits), "--image_size", "32", "32",
+                           "--progressive_size", "40", "--checkpoint_dir", str(tmp_path / "ck"), "--device", "cpu"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --progressive_size must be between 1 and the "
+                                                           "--image_size long side (32) exclusive, got 40")
+    assert "Traceback" not in done.stderr and not (tmp_path / "ck").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # training end to end
+
+
+def test_progressive_resizing_trains_small_then_full_and_resumes_exactly(tiny_digits, tmp_path):
+    def args(name: str) -> list[str]:
+        return ["--data", str(tiny_digits), "--image_size", "32", "32", "-b", "8", "-j", "0", "--epochs", "3",
+                "--warmup", "0", "--device", "cpu", "--no-amp", "--no-channels_last", "--seed", "5",
+                "--checkpoint_dir", str(tmp_path / "ck"), "--log_dir", str(tmp_path / "logs"), "--name", name,
+                "--aug", "flipcrop", "--progressive_size", "16", "--progressive_epochs", "1", "3"]
+
+    entry.run_command(args("full"))
+    entry.run_command(args("split") + ["--stop_epoch", "1"])
+    entry.run_command(["--resume", str(tmp_path / "ck/split/last.pth"), "-j", "0"])
+    full, split = (load_checkpoint(tmp_path / f"ck/{n}/last.pth") for n in ("full", "split"))
+    assert full.epoch == split.epoch == 2 and split.config["progressive_size"] == 16
+    for key, tensor in full.model.items():
+        assert torch.equal(tensor, split.model[key]), f"{key} differs after resume"
+    assert "progressive resizing 16x16 in epoch 1, 24x24 in epoch 2, 32x32 in epoch 3" in (
+        tmp_path / "ck/full/train.log").read_text()
+    assert full.preprocessing["image_size"] == [32, 32]  # evaluation and exports take the full size
+    plain = ["--data", str(tiny_digits), "--image_size", "32", "32", "-b", "8", "-j", "0", "--epochs", "3",
+             "--warmup", "0", "--device", "cpu", "--no-amp", "--no-channels_last", "--seed", "5", "--checkpoint_dir",
+             str(tmp_path / "ck"), "--log_dir", str(tmp_path / "logs"), "--name", "plain", "--aug", "flipcrop"]
+    entry.run_command(plain)
+    unchanged = load_checkpoint(tmp_path / "ck/plain/last.pth")
+    assert any(not torch.equal(t, unchanged.model[k]) for k, t in full.model.items() if t.is_floating_point())
 
 
 def test_resume_with_mixes_multi_scale_and_balance_is_exact(tiny_digits, tmp_path):

@@ -106,6 +106,12 @@ def test_pseudo_label_errors_are_one_line(semi_data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         entry.main(common(data, tmp_path, "bad", "--pseudo_threshold", "0.5"))
     assert "--pseudo_threshold belongs to --pseudo_label" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the mean teacher's two batches share one input size
+        entry.main(common(data, tmp_path, "bad", "--mean_teacher", "--unlabeled", str(semi_data[1]),
+                          "--progressive_size", "20"))
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --mean_teacher runs labelled and unlabelled images in one batch") and "\n" not in err
+    assert err.endswith("drop --progressive_size")
 
 
 def test_torchrun_labels_each_unlabelled_image_once(semi_data, tmp_path):

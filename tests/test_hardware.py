@@ -2,8 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from config import Config
 from dataloader import ImageClassificationDataset
+from engine.job import open_job
 from models import build_model
+from utils import hardware
 from utils.hardware import (choose_amp, choose_channels_last, choose_inference_amp, cpu_has_native_bf16,
                             describe_hardware)
 
@@ -28,6 +31,21 @@ def test_inference_amp_follows_the_training_precision_where_native():
     assert choose_inference_amp(None, None, CPU) is False
     assert choose_inference_amp(None, True, CPU) == cpu_has_native_bf16()
     assert choose_inference_amp(True, False, CPU) is True and choose_inference_amp(False, True, CPU) is False
+
+
+def test_predict_jobs_keep_an_fp32_models_precision_on_a_native_bf16_cpu(monkeypatch):
+    """CI on an AMX CPU (2026-12-02): evaluating a --no-amp model in bf16 flipped near-tie labels against the val
+    top-1 training logged and against its fp32 TorchScript export. Simulated here on any CPU."""
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    for trained, explicit, expected in ((False, set(), False), (True, set(), True), (None, set(), False),
+                                        (False, {"amp"}, False), (True, {"amp"}, True)):
+        with open_job(Config(amp=trained, device="cpu"), explicit, checkpoint="none", eval_amp=True) as job:
+            assert job.cfg.amp is expected, (trained, explicit)
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    with open_job(Config(amp=True, device="cpu"), set(), checkpoint="none", eval_amp=True) as job:
+        assert job.cfg.amp is False  # bf16-trained, but emulated bf16 here would be slow: fp32
+    with open_job(Config(amp=True, device="cpu"), {"amp"}, checkpoint="none", eval_amp=True) as job:
+        assert job.cfg.amp is True  # the flag wins
 
 
 def test_channels_last_probe_leaves_model_and_rng_untouched(tmp_path, monkeypatch):

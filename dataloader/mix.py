@@ -117,6 +117,18 @@ def _round_to(value: float, multiple: int) -> int:
     return max(multiple, multiple * int(value / multiple + 0.5))
 
 
+def _size_step(height: int, width: int) -> int:
+    """The multiple resized sides are rounded to: 32 px, 8 below a 128 px short side, 4 below 64 px."""
+    short = min(height, width)
+    return 32 if short >= 128 else 8 if short >= 64 else 4
+
+
+def _with_long_side(height: int, width: int, side: int) -> tuple[int, int]:
+    """(height, width) scaled so that the long side is ``side``; the other keeps the ratio, at least 1 px."""
+    long_side = max(height, width)
+    return max(1, round(height * side / long_side)), max(1, round(width * side / long_side))
+
+
 def multi_scale_shapes(image_size: Sequence[int], sizes: Sequence[int] | None = None) -> list[tuple[int, int]]:
     """The (H, W) shapes multi-scale training chooses from.
 
@@ -128,11 +140,9 @@ def multi_scale_shapes(image_size: Sequence[int], sizes: Sequence[int] | None = 
     if sizes:
         if min(sizes) <= 0:
             raise ValueError(f"--multi_scale_sizes must be positive, got {list(sizes)}")
-        long_side = max(height, width)
-        shapes = [(max(1, round(height * s / long_side)), max(1, round(width * s / long_side))) for s in sizes]
+        shapes = [_with_long_side(height, width, s) for s in sizes]
     else:
-        short = min(height, width)
-        multiple = 32 if short >= 128 else 8 if short >= 64 else 4
+        multiple = _size_step(height, width)
         shapes = [(_round_to(height * r, multiple), _round_to(width * r, multiple)) for r in DEFAULT_SCALE_RATIOS]
     return list(dict.fromkeys(shapes))  # without repeats, in order
 
@@ -156,8 +166,8 @@ def progressive_shapes(image_size: Sequence[int], start: int, epochs: int,
     if not 1 <= first <= last <= epochs:
         raise ValueError(f"--progressive_epochs {first} {last}: give FIRST <= LAST between 1 and --epochs ({epochs}): "
                          "the epochs where growing from --progressive_size starts and where --image_size is reached")
-    multiple = 32 if min(height, width) >= 128 else 8 if min(height, width) >= 64 else 4
-    first_shape = (max(1, round(height * start / long_side)), max(1, round(width * start / long_side)))
+    multiple = _size_step(height, width)
+    first_shape = _with_long_side(height, width, start)
     shapes = []
     for epoch in range(1, epochs + 1):
         if epoch >= last:

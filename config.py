@@ -972,6 +972,12 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> s
     return set(vars(probe.parse_known_args(argv)[0]))
 
 
+def given(cfg: Config, explicit: set[str], name: str, default=None):
+    """The value of option NAME if the user typed it, else DEFAULT (a job's own default, or None for
+    'not asked': a checkpoint's or the machine's choice then applies)."""
+    return getattr(cfg, name) if name in explicit else default
+
+
 def read_config_yaml(path: str, parser: argparse.ArgumentParser) -> dict:
     """Flag defaults from a YAML mapping of flag names (a run's config.yaml works); unknown keys are refused."""
     import difflib

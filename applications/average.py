@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from config import Config
+from config import Config, given
 from engine.components import loader_for, model_from_checkpoint, preprocessing_of, split_dataset_of
 from engine.device import autocast, to_model_input
 from engine.job import open_job, resolve_config
@@ -104,7 +104,7 @@ def run(cfg: Config, explicit: set[str]) -> Path:
 def recompute_bn(weights: dict[str, torch.Tensor], ckpt: Checkpoint, cfg: Config, explicit: set[str], info,
                  log) -> dict[str, torch.Tensor]:
     """BatchNorm running statistics of ``weights`` recomputed over the train split (no augmentation)."""
-    cfg.amp = choose_inference_amp(cfg.amp if "amp" in explicit else None, cfg.amp, info.device)
+    cfg.amp = choose_inference_amp(given(cfg, explicit, "amp"), cfg.amp, info.device)
     model = model_from_checkpoint(ckpt, cfg, info.device, weights=weights)
     if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         log.warning("--update_bn: %s has no BatchNorm layers; nothing to recompute", cfg.model)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from config import Config
+from config import Config, given
 from dataloader.datasets import discover_split
 from engine.calibration import describe_report, fit_calibration, write_calibration_report
 from engine.job import Job, default_run_name, open_job, resolve_config, run_dir
@@ -48,8 +48,7 @@ def train_then_calibrate(cfg: Config, explicit: set[str]) -> dict:
         barrier()  # rank 0 wrote best.pth, which every rank reads next
         best = run_dir(run_cfg) / "best.pth"
         calibrate_cfg, ckpt = resolve_config(dataclasses.replace(run_cfg, resume=str(best)), explicit)
-        calibrate_cfg.amp = choose_inference_amp(cfg.amp if "amp" in explicit else None, calibrate_cfg.amp,
-                                                 job.info.device)
+        calibrate_cfg.amp = choose_inference_amp(given(cfg, explicit, "amp"), calibrate_cfg.amp, job.info.device)
         return calibrate(Job(calibrate_cfg, ckpt, job.info, job.log), best)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from config import Config
+from config import Config, given
 from engine.export import compare_outputs, export_metadata, inference_models, log_fusion, require_parity, sample_images
 from engine.job import open_job
 from engine.onnx import (INT8_OP_TYPES, OPSET, OnnxExport, int8_path_of, onnx_metadata, ort_session, quantize_int8,
@@ -65,7 +65,7 @@ def quantize_and_score(result: OnnxExport, session, cfg: Config, explicit: set[s
     log.info("int8 model %s (%.0f KiB vs %.0f KiB fp32; %s quantised); on %d real images max |eager - int8| = "
              "%.2e, top-1 agreement %.1f%%", result.int8_path, result.int8_path.stat().st_size / 1024,
              result.path.stat().st_size / 1024, "/".join(INT8_OP_TYPES), images.shape[0], max_diff, agree)
-    result.split = cfg.split if "split" in explicit else "val"
+    result.split = given(cfg, explicit, "split", "val")
     top1, result.images = split_top1({"fp32": session_runner(session), "int8": session_runner(int8)}, cfg,
                                      class_names, result.split)
     result.top1_fp32, result.top1_int8 = top1["fp32"], top1["int8"]

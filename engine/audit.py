@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from config import Config
+from config import Config, given
 from dataloader.datasets import kfold_split
 from dataloader.image_audit import ImageFacts, near_duplicates, scan_images
 from engine.inference import predict_files
@@ -70,7 +70,7 @@ def train_folds(cfg: Config, explicit: set[str], base: str) -> list[str]:
     """Train the K fold runs CHECKPOINT_DIR/BASE/foldI (the recipe the flags give, K = --kfold or DEFAULT_FOLDS,
     --epochs or DEFAULT_EPOCHS) in this process group; returns their best.pth paths."""
     folds = cfg.kfold or DEFAULT_FOLDS
-    epochs = cfg.epochs if "epochs" in explicit else DEFAULT_EPOCHS
+    epochs = given(cfg, explicit, "epochs", DEFAULT_EPOCHS)
     paths = []
     for fold in range(folds):
         run_cfg = dataclasses.replace(cfg, kfold=folds, fold=fold, epochs=epochs, name=f"{base}/fold{fold}",
@@ -89,7 +89,7 @@ def load_fold_models(paths: list[str], cfg: Config, explicit: set[str], info: Di
         runtime = Config(resume=path, device=cfg.device, workers=cfg.workers, decode="loader")
         fold_cfg, ckpt = resolve_config(runtime, {"device"})
         fold_cfg.batch_size = cfg.batch_size
-        fold_cfg.amp = choose_inference_amp(cfg.amp if "amp" in explicit else None, fold_cfg.amp, info.device)
+        fold_cfg.amp = choose_inference_amp(given(cfg, explicit, "amp"), fold_cfg.amp, info.device)
         if not fold_cfg.kfold:
             raise UsageError(f"--resume {path} is not a fold of a --kfold training (its config has no kfold); pass "
                              "the K checkpoints of `main.py --kfold K --fold I` runs (RUN/fold0/best.pth ...), or no "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from config import Config
+from config import Config, given
 from dataloader import EncodedImageDataset, ImageClassificationDataset
 from dataloader.datasets import list_inputs
 from dataloader.preprocess import Preprocessing, normalize_on_device
@@ -207,7 +207,7 @@ def load_predictor(path: str, cfg: Config, explicit: set[str], device: torch.dev
     if suffix == ".pt":
         return _torchscript_predictor(path, device)
     member_cfg, ckpt = resolve_config(dataclasses.replace(cfg, resume=path), explicit)
-    member_cfg.amp = choose_inference_amp(cfg.amp if "amp" in explicit else None, member_cfg.amp, device)
+    member_cfg.amp = choose_inference_amp(given(cfg, explicit, "amp"), member_cfg.amp, device)
     model = model_from_checkpoint(ckpt, member_cfg, device)
     probs = model_probs_fn(model, member_cfg, preprocessing_of(member_cfg), device, temperature_of(ckpt.calibration))
     return Predictor(path, list(ckpt.class_names), preprocessing_of(member_cfg), probs,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import RUNTIME_FLAGS, Config, write_config_yaml
+from config import RUNTIME_FLAGS, Config, given, write_config_yaml
 from utils.checkpoint import Checkpoint, load_checkpoint
 from utils.distributed import DistInfo, broadcast_object, cleanup_distributed, init_distributed
 from utils.errors import UsageError
@@ -111,7 +111,7 @@ def open_job(cfg: Config, explicit: set[str], *, checkpoint: str = "optional", m
             if checkpoint == "required" and ckpt is None:
                 raise UsageError(f"{missing} (--resume auto found no last.pth for --name {cfg.name})")
         if eval_amp:
-            cfg.amp = choose_inference_amp(cfg.amp if "amp" in explicit else None, cfg.amp, info.device)
+            cfg.amp = choose_inference_amp(given(cfg, explicit, "amp"), cfg.amp, info.device)
         yield Job(cfg, ckpt, info, log)
     finally:
         cleanup_distributed()

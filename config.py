@@ -506,7 +506,8 @@ def _augmentation_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g = p.add_argument_group("augmentation and sampling")
     g.add_argument("--aug", nargs="?", const="basic", default=d.aug, metavar="NAME[,NAME...]",
                    help="per-image train augmentations, applied in the order given: basic (flip + light affine; "
-                        "what a bare --aug means), flipcrop (flip + shift by up to --crop_padding px), autoaugment, "
+                        "what a bare --aug means), flipcrop (flip + shift by up to --crop_padding px), altflipcrop "
+                        "(flipcrop whose flip alternates by epoch), autoaugment, "
                         "randaugment, trivialaugment, myaugment, erasing, gridmask, vflip, cutout")
     g.add_argument("--erasing_p", type=_ratio, default=d.erasing_p, metavar="P", help="erasing: probability per image")
     g.add_argument("--erasing_scale", type=float, nargs=2, default=d.erasing_scale, metavar=("MIN", "MAX"),
@@ -516,7 +517,7 @@ def _augmentation_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g.add_argument("--erasing_value", default=d.erasing_value, metavar="random|0-255",
                    help="erasing: uniform noise (random) or this grey level")
     g.add_argument("--crop_padding", type=_non_negative_int, default=d.crop_padding, metavar="PX",
-                   help="flipcrop: the largest shift in pixels (pad by PX, crop back at a random offset)")
+                   help="flipcrop, altflipcrop: the largest shift in pixels (pad by PX, crop back at a random offset)")
     g.add_argument("--cutout_holes", type=_positive_int, default=d.cutout_holes, help="cutout: squares per image")
     g.add_argument("--cutout_length", type=_positive_int, default=d.cutout_length, metavar="PX",
                    help="cutout: the squares' side in pixels (default half the short side; seed 002: 16 at 32 px)")

@@ -12,6 +12,7 @@ Generator, so they are just as deterministic and leave the caller's RNG untouche
 | -------------- | ------------------------------------------------------------------------- |
 | basic          | horizontal flip + light affine (the original `--aug`)                     |
 | flipcrop       | horizontal flip + a random shift of up to `--crop_padding` px, no resampling |
+| altflipcrop    | `flipcrop` with the flip alternating by epoch: each image shows both sides every two epochs |
 | autoaugment    | torchvision v2 AutoAugment, ImageNet policy                               |
 | randaugment    | torchvision v2 RandAugment, 2 ops at magnitude 9                          |
 | trivialaugment | torchvision v2 TrivialAugmentWide, 1 op at a random magnitude             |
@@ -95,6 +96,9 @@ def item_rng(seed: int, epoch: int, index: int, draw: int = 0) -> np.random.Gene
     return np.random.default_rng([seed, epoch, index, draw] if draw else [seed, epoch, index])
 
 
+ALTERNATING_FLIP_STREAM = 0x666C6970  # "flip": the per-image coin of `altflipcrop`, [seed, index, tag], one per image
+
+
 def _seed_from(rng: np.random.Generator) -> int:
     """A 63-bit seed for a child generator (torch, or numpy noise drawn only when it is used)."""
     return int(rng.integers(0, 2**63 - 1))
@@ -143,6 +147,10 @@ class FlipCrop:
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         flip = rng.random() < 0.5
+        return self.flip_shift(image, flip, rng)
+
+    def flip_shift(self, image: np.ndarray, flip: bool, rng: np.random.Generator) -> np.ndarray:
+        """`image` mirrored if `flip`, then moved by a shift drawn from `rng`."""
         dy, dx = (int(d) for d in rng.integers(-self.padding, self.padding + 1, size=2))
         if flip:
             image = cv2.flip(image, 1)
@@ -153,6 +161,22 @@ class FlipCrop:
         out[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = \
             image[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
         return out
+
+
+class AlternatingFlipCrop(FlipCrop):
+    """`altflipcrop`: `flipcrop` whose flip alternates between epochs (Keller Jordan's airbench, 2024). Each image
+    gets one fair coin for its first epoch; after that it is mirrored exactly in the epochs where it was not mirrored
+    the epoch before, so every two consecutive epochs show both of its sides, where independent coins repeat a side
+    half the time. The shift is drawn afresh each epoch as in `flipcrop`. Needs the item's key: the pipeline passes
+    it to stages with ``takes_key``."""
+
+    takes_key = True
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator, *, seed: int, epoch: int, index: int,
+                 draw: int = 0) -> np.ndarray:
+        first = np.random.default_rng([seed, index, ALTERNATING_FLIP_STREAM]).random() < 0.5
+        # a repeated copy in the same epoch (the balanced sampler's draw) shows the other side of the one before
+        return self.flip_shift(image, bool((first + epoch + draw) % 2), rng)
 
 
 class TorchvisionPolicy:
@@ -362,6 +386,11 @@ def build_flipcrop(*, pad_value: int = 0, options: AugmentOptions = DEFAULT_OPTI
     return FlipCrop(pad_value, options.crop_padding)
 
 
+@register_augmentation("altflipcrop")
+def build_altflipcrop(*, pad_value: int = 0, options: AugmentOptions = DEFAULT_OPTIONS) -> Augmentation:
+    return AlternatingFlipCrop(pad_value, options.crop_padding)
+
+
 @register_augmentation("autoaugment")
 def build_autoaugment(*, pad_value: int = 0, options: AugmentOptions = DEFAULT_OPTIONS) -> Augmentation:
     from torchvision.transforms import v2  # lazy: keeps `import dataloader` light for the demo path
@@ -434,7 +463,10 @@ class AugmentationPipeline:
     def __call__(self, image: np.ndarray, *, seed: int, epoch: int, index: int, draw: int = 0) -> np.ndarray:
         rng = item_rng(seed, epoch, index, draw)
         for stage in self.stages:
-            image = stage(image, rng)
+            if getattr(stage, "takes_key", False):
+                image = stage(image, rng, seed=seed, epoch=epoch, index=index, draw=draw)
+            else:
+                image = stage(image, rng)
         return image
 
     def __repr__(self) -> str:

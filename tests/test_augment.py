@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from config import Config, parse_config
-from dataloader.augment import AUGMENTATIONS, AugmentationPipeline, AugmentOptions, parse_aug, random_affine
+from dataloader.augment import (
+    AUGMENTATIONS,
+    AugmentationPipeline,
+    AugmentOptions,
+    FlipCrop,
+    parse_aug,
+    random_affine,
+)
 from dataloader.datasets import ImageClassificationDataset, build_loader
 from dataloader.preprocess import letterbox_resize
 from engine.components import aug_options_of
@@ -221,33 +228,61 @@ def check_cutout(image):
         assert 0 < dropped <= 3 * 16
 
 
+def flip_shift_of(image, out, padding) -> tuple[bool, int, int] | None:
+    """(mirrored, dy, dx) if `out` is `image`, maybe mirrored, moved by a whole-pixel shift of at most `padding` px
+    with the pad value 0 where the shift uncovers the border; None if it is not."""
+    h, w = image.shape[:2]
+    for mirrored, source in ((False, image), (True, image[:, ::-1])):
+        for dy in range(-padding, padding + 1):
+            for dx in range(-padding, padding + 1):
+                moved = np.zeros_like(image)
+                moved[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = \
+                    source[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
+                if np.array_equal(out, moved):
+                    return mirrored, dy, dx
+    return None
+
+
 def check_flipcrop(image):
     """A whole-pixel shift of at most --crop_padding px (after an optional mirror): every output is the image or its
     mirror moved by (dy, dx), with the pad value where the shift uncovers the border; --crop_padding 0 only flips."""
-    h, w = image.shape[:2]
-
-    def shift_of(out, padding):
-        for source in (image, image[:, ::-1]):
-            for dy in range(-padding, padding + 1):
-                for dx in range(-padding, padding + 1):
-                    moved = np.zeros_like(image)
-                    moved[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = \
-                        source[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
-                    if np.array_equal(out, moved):
-                        return dy, dx
-        return None
-
-    shifts = [shift_of(out, 2) for out in outputs("flipcrop", image, n=30, options=AugmentOptions(crop_padding=2))]
-    assert None not in shifts and len(set(shifts)) > 5  # several offsets drawn, none beyond 2 px
+    moves = [flip_shift_of(image, out, 2) for out in outputs("flipcrop", image, n=30,
+                                                              options=AugmentOptions(crop_padding=2))]
+    assert None not in moves and len({m[1:] for m in moves}) > 5  # several offsets drawn, none beyond 2 px
+    assert 5 <= sum(m[0] for m in moves) <= 25
     unshifted = outputs("flipcrop", image, n=6, options=AugmentOptions(crop_padding=0))
-    assert all(shift_of(o, 0) == (0, 0) for o in unshifted)
+    assert all(flip_shift_of(image, o, 0)[1:] == (0, 0) for o in unshifted)
     with pytest.raises(ValueError, match="--crop_padding"):
         AugmentOptions(crop_padding=-1)
     assert aug_options_of(parse_config(["--crop_padding", "3"])[0]).crop_padding == 3  # the flag reaches the options
 
 
+def check_altflipcrop(image):
+    """`flipcrop` moves, but each image's mirror alternates from one epoch to the next (a fair coin per image for the
+    first), a repeated copy in the same epoch shows the other side, and the shift is drawn afresh every epoch."""
+    options = AugmentOptions(crop_padding=2)
+    moves = [[flip_shift_of(image, run("altflipcrop", image, epoch=epoch, index=index, options=options), 2)
+              for epoch in range(6)] for index in range(20)]
+    assert all(None not in per_image for per_image in moves)
+    for per_image in moves:
+        assert all(a[0] != b[0] for a, b in zip(per_image, per_image[1:])), per_image  # the side alternates
+        assert len({m[1:] for m in per_image}) > 1  # the shift does not
+    assert 4 <= sum(per_image[0][0] for per_image in moves) <= 16  # first epoch: a coin per image
+    pipeline = AugmentationPipeline("altflipcrop", options=options)
+    for index in range(6):
+        once, again = (flip_shift_of(image, pipeline(image, seed=3, epoch=4, index=index, draw=d), 2) for d in (0, 1))
+        assert once[0] != again[0]
+    for index in range(6):  # the item's stream is shared with the stages after it, as for every name
+        rng = np.random.default_rng([3, 1, index])
+        mirrored = flip_shift_of(image, run("altflipcrop", image, epoch=1, index=index, options=options), 2)[0]
+        expected = AUGMENTATIONS.get("erasing")()(FlipCrop(0, 2).flip_shift(image, mirrored, rng), rng)
+        combined = AugmentationPipeline("altflipcrop,erasing", options=options)
+        assert np.array_equal(combined(image, seed=3, epoch=1, index=index), expected)
+
+
 SPECIFIC_CHECKS = {
     "flipcrop": check_flipcrop,
+    "altflipcrop": check_altflipcrop,
     "vflip": check_vflip,
     "cutout": check_cutout,
     "basic": check_basic,

@@ -264,7 +264,8 @@ class BatchAugment:
 
     def __repr__(self) -> str:
         mixes = {name: param for name, (_, param) in self.mixes.items()}
-        return f"{type(self).__name__}(shapes={self.shapes}, mixes={mixes}, mix_prob={self.mix_prob})"
+        return (f"{type(self).__name__}(shapes={self.shapes}, epoch_shapes={self.epoch_shapes}, mixes={mixes}, "
+                f"mix_prob={self.mix_prob}, mix_probs={self.mix_probs})")
 
 
 def describe_epoch_shapes(shapes: list[tuple[int, int]]) -> str:

@@ -249,6 +249,7 @@ def test_progressive_size_follows_the_epoch_alone_on_every_rank():
     ranks = [batch_augment(progressive_size=12, epochs=3, rank=r, mixup=0.5) for r in range(2)]
     assert ranks[0].epoch_shapes == [(7, 12), (8, 16), (12, 20)]  # image_size (12, 20): S is the long side
     assert ranks[0].describe().startswith("progressive resizing 7x12 in epoch 1, 8x16 in epoch 2, 12x20 in epoch 3")
+    assert "epoch_shapes=[(7, 12), (8, 16), (12, 20)]" in repr(ranks[0])
     for epoch, shape in enumerate([(7, 12), (8, 16), (12, 20), (12, 20)]):  # past the last epoch: the full size
         for step in range(4):
             for augment in ranks:

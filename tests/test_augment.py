@@ -22,6 +22,7 @@ from dataloader.augment import (
 from dataloader.datasets import ImageClassificationDataset, build_loader
 from dataloader.preprocess import letterbox_resize
 from engine.components import aug_options_of
+from utils.errors import UsageError
 
 SIZE = (40, 40)
 
@@ -355,3 +356,24 @@ def test_erasing_and_gridmask_take_their_parameters(image):
                                                           outputs(name, image, n=8, options=AugmentOptions())))
     with pytest.raises(ValueError, match="--erasing_scale"):
         AugmentOptions(erasing_scale=(0.5, 0.1))
+
+
+def test_every_augmentation_flag_reaches_the_options():
+    """aug_options_of maps each --erasing_* / --cutout_* / --gridmask_* / --vflip_p / --crop_padding flag onto
+    AugmentOptions; no flag gives the built-in defaults, and a bad value names its flag in one line."""
+    assert aug_options_of(parse_config([])[0]) == AugmentOptions()
+    argv = ["--erasing_p", "0.3", "--erasing_scale", "0.1", "0.2", "--erasing_ratio", "0.5", "2",
+            "--erasing_value", "128", "--cutout_holes", "2", "--cutout_length", "5", "--gridmask_p", "0.7",
+            "--gridmask_d", "4", "9", "--gridmask_ratio", "0.3", "0.5", "--gridmask_rotate", "3", "--vflip_p", "0.2",
+            "--crop_padding", "1"]
+    assert aug_options_of(parse_config(argv)[0]) == AugmentOptions(
+        erasing_p=0.3, erasing_scale=(0.1, 0.2), erasing_ratio=(0.5, 2.0), erasing_value=128, cutout_holes=2,
+        cutout_length=5, gridmask_p=0.7, gridmask_d=(4, 9), gridmask_ratio=(0.3, 0.5), gridmask_rotate=3.0,
+        vflip_p=0.2, crop_padding=1)
+    assert aug_options_of(parse_config(["--erasing_value", "random"])[0]).erasing_value is None
+    for argv, flag in ((["--erasing_value", "grey"], "--erasing_value grey"),
+                       (["--erasing_value", "300"], "--erasing_value 300"),
+                       (["--erasing_scale", "0.5", "0.1"], "--erasing_scale 0.5 0.1"),
+                       (["--gridmask_d", "2", "9"], "--gridmask_d 2 9")):
+        with pytest.raises(UsageError, match=flag):
+            aug_options_of(parse_config(argv)[0])

@@ -282,11 +282,12 @@ def test_progressive_settings_that_cannot_work_name_the_flag(tiny_digits, tmp_pa
 
 
 def test_progressive_resizing_trains_small_then_full_and_resumes_exactly(tiny_digits, tmp_path):
-    def args(name: str) -> list[str]:
+    def args(name: str, progressive: bool = True) -> list[str]:
         return ["--data", str(tiny_digits), "--image_size", "32", "32", "-b", "8", "-j", "0", "--epochs", "3",
                 "--warmup", "0", "--device", "cpu", "--no-amp", "--no-channels_last", "--seed", "5",
                 "--checkpoint_dir", str(tmp_path / "ck"), "--log_dir", str(tmp_path / "logs"), "--name", name,
-                "--aug", "flipcrop", "--progressive_size", "16", "--progressive_epochs", "1", "3"]
+                "--aug", "flipcrop"] + (["--progressive_size", "16", "--progressive_epochs", "1", "3"] if progressive
+                                        else [])
 
     entry.run_command(args("full"))
     entry.run_command(args("split") + ["--stop_epoch", "1"])
@@ -298,10 +299,7 @@ def test_progressive_resizing_trains_small_then_full_and_resumes_exactly(tiny_di
     assert "progressive resizing 16x16 in epoch 1, 24x24 in epoch 2, 32x32 in epoch 3" in (
         tmp_path / "ck/full/train.log").read_text()
     assert full.preprocessing["image_size"] == [32, 32]  # evaluation and exports take the full size
-    plain = ["--data", str(tiny_digits), "--image_size", "32", "32", "-b", "8", "-j", "0", "--epochs", "3",
-             "--warmup", "0", "--device", "cpu", "--no-amp", "--no-channels_last", "--seed", "5", "--checkpoint_dir",
-             str(tmp_path / "ck"), "--log_dir", str(tmp_path / "logs"), "--name", "plain", "--aug", "flipcrop"]
-    entry.run_command(plain)
+    entry.run_command(args("plain", progressive=False))
     unchanged = load_checkpoint(tmp_path / "ck/plain/last.pth")
     assert any(not torch.equal(t, unchanged.model[k]) for k, t in full.model.items() if t.is_floating_point())
 

@@ -10,17 +10,16 @@
 # Needs the Debian package dataset-fashion-mnist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash z_task_shell/setup_env.sh
 PY=.venv/bin/python
 RUN=${RUN:-audit_fmnist}
 CK=${CK:-checkpoints}
 DATA=${DATA:-data/fashion-mnist}
 CORRUPTED=${CORRUPTED:-data/fashion-mnist-corrupted}
 if [ "$DATA" = data/fashion-mnist ]; then
-  if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
-  fi
+  bash z_task_shell/setup_env.sh --fashion-mnist
   $PY -m dataloader.prepare fashion-mnist --out data/fashion-mnist
+else
+  bash z_task_shell/setup_env.sh
 fi
 FOLDS=(--model small_cnn --image_size 28 28 --kfold "${K:-5}" --epochs "${EPOCHS:-4}" --optimizer adam --lr 0.003
        --lr_schedule cosine --warmup 1 -b 128 -j 1 --cache_images ram --seed 0 --checkpoint_dir "$CK")

@@ -7,12 +7,9 @@
 # three-seed rows (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash z_task_shell/setup_env.sh
+bash z_task_shell/setup_env.sh --fashion-mnist
 PY=.venv/bin/python
 DATA=data/fashion-mnist-10k
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
-fi
 $PY -m dataloader.prepare fashion-mnist --out "$DATA" --limit 10000
 rm -f "$DATA"/distill*.txt "$DATA/label.txt" "$DATA/curriculum.txt"  # knowledge of an earlier run
 STUDENT=(--data "$DATA" --model small_cnn --image_size 28 28 --aug basic --optimizer adam --lr 0.003

@@ -4,12 +4,9 @@
 # Measured on a 2-core AVX2 CPU: see README "Results". Needs the Debian package dataset-fashion-mnist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash z_task_shell/setup_env.sh
+bash z_task_shell/setup_env.sh --fashion-mnist
 PY=.venv/bin/python
 RUN=${RUN:-fashion_mnist_small_cnn}
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
-fi
 $PY -m dataloader.prepare fashion-mnist --out data/fashion-mnist
 $PY main.py --data data/fashion-mnist --model small_cnn --image_size 28 28 --aug --cache_images ram \
   --optimizer adam --lr 0.003 --weight_decay 0.0001 --lr_schedule cosine --warmup 1 --epochs 12 -b 128 -j 1 \

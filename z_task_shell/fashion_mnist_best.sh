@@ -13,15 +13,12 @@
 # with EPOCHS=104 its two-hour version (95.43%).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash z_task_shell/setup_env.sh
+bash z_task_shell/setup_env.sh --fashion-mnist
 PY=.venv/bin/python
 MODEL=${MODEL:-airbench94}
 EPOCHS=${EPOCHS:-19}
 RUN=${RUN:-fashion_mnist_best_${MODEL}_${EPOCHS}ep}
 OUT=docs/results/fashion_mnist_best_${MODEL}_${EPOCHS}ep
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
-fi
 $PY -m dataloader.prepare fashion-mnist --out data/fashion-mnist-full --val_ratio 0  # 60k train, 10k test, no val
 $PY main.py --data data/fashion-mnist-full --val_ratio 0 --model "$MODEL" --image_size 28 28 \
   --aug flipcrop,erasing --crop_padding 2 --cache_images ram --optimizer sgd --lr 0.1 --momentum 0.9 \

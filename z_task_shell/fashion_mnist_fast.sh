@@ -6,12 +6,9 @@
 # Needs the Debian package dataset-fashion-mnist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash z_task_shell/setup_env.sh
+bash z_task_shell/setup_env.sh --fashion-mnist
 PY=.venv/bin/python
 RUN=${RUN:-fashion_mnist_fast}
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
-fi
 $PY -m dataloader.prepare fashion-mnist --out data/fashion-mnist
 $PY main.py --config z_task_shell/fashion_mnist_fast.yaml --data data/fashion-mnist --name "$RUN" "$@"
 $PY main.py --evaluation --resume "checkpoints/$RUN/best.pth" --split test

@@ -8,14 +8,11 @@
 # (GAN 14 min, real-only arm 22 min, with-generated arm ~12 min, judge 22 min), OMP_NUM_THREADS=1 per process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash z_task_shell/setup_env.sh
+bash z_task_shell/setup_env.sh --fashion-mnist
 PY=.venv/bin/python
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 SEEDS=${SEEDS:-3}
 OUT=docs/results/gan
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
-fi
 $PY -m dataloader.prepare fashion-mnist --out data/fashion-mnist                    # 54,000 / 6,000 / 10,000
 $PY -m dataloader.prepare fashion-mnist --out data/fmnist100 --limit 1000           # 100 per class in each split
 [ -L data/fmnist100/test ] || { mv data/fmnist100/test data/fmnist100/test_1000

@@ -8,12 +8,9 @@
 # About 40 minutes on 2 cores. Needs the Debian package dataset-fashion-mnist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash z_task_shell/setup_env.sh
+bash z_task_shell/setup_env.sh --fashion-mnist
 PY=.venv/bin/python
 DATA=data/fashion-mnist-6cls
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
-fi
 $PY -m dataloader.prepare fashion-mnist --out "$DATA" --classes 0 1 2 3 4 5 --train_per_class 500
 mkdir -p docs/results/model_table
 $PY benchmarks/models.py --seed_table --size 224 --threads 2 --accuracy_data "$DATA" --accuracy_size 32 \

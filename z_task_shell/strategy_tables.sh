@@ -6,13 +6,10 @@
 # Usage: bash z_task_shell/strategy_tables.sh [losses|augmentation|all]   (about 2-3 minutes per run on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash z_task_shell/setup_env.sh
+bash z_task_shell/setup_env.sh --fashion-mnist
 PY=.venv/bin/python
 WHICH=${1:-all}
 DATA=data/fashion-mnist-10k
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
-fi
 $PY -m dataloader.prepare fashion-mnist --out "$DATA" --limit 10000
 mkdir -p docs/results
 

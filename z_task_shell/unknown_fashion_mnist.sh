@@ -5,12 +5,9 @@
 # alpha 0.1), each time with the held-out images as --ood_data. Needs the Debian package dataset-fashion-mnist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash z_task_shell/setup_env.sh
+bash z_task_shell/setup_env.sh --fashion-mnist
 PY=.venv/bin/python
 RUN=${RUN:-fashion_mnist_unknown}
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
-fi
 $PY -m dataloader.prepare fashion-mnist --out data/fashion-mnist-8cls --classes 0 1 2 3 4 5 6 7
 $PY -m dataloader.prepare fashion-mnist --out data/fashion-mnist-heldout --classes 8 9
 $PY main.py --config z_task_shell/fashion_mnist_fast.yaml --data data/fashion-mnist-8cls --name "$RUN" "$@"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import main as entry
-from config import Config, build_parser
+from config import Config, build_parser, given, parse_config
 from utils.checkpoint import load_checkpoint
 from utils.errors import DataError, UsageError
 
@@ -302,10 +302,17 @@ def test_every_application_of_main_resolves_and_two_at_once_are_refused():
                                          ("resnet18", "resnet18"), ("timm/mobilenetv3_small_100",
                                                                     "timm/mobilenetv3_small_100")])
 def test_the_main_seeds_model_spellings_resolve(typed, model):
-    from config import parse_config
     from models import model_source
 
     for flag in ("--model", "--arch"):
         cfg, explicit = parse_config([flag, typed])
         assert cfg.model == model and "model" in explicit
     assert model_source(cfg.model) in ("torchvision", "timm")
+
+
+def test_given_is_a_typed_flag_or_the_default():
+    """Jobs take a flag over a checkpoint's or the machine's choice only when the user typed it."""
+    cfg, explicit = parse_config(["--no-amp", "--epochs", "3"])
+    assert given(cfg, explicit, "amp") is False and given(cfg, explicit, "epochs", 99) == 3
+    assert given(cfg, explicit, "split") is None and given(cfg, explicit, "split", "val") == "val"
+    assert given(*parse_config([]), "amp") is None  # the default value of --amp is not a request

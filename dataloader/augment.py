@@ -4,9 +4,10 @@ Every entry of `AUGMENTATIONS` is a builder `(*, pad_value) -> Augmentation`; an
 image and a numpy Generator to an HxWx3 uint8 image of the same shape (the input itself when it leaves the image
 alone). It never writes to its input: with the RAM cache, the input is the cache's own array. One whose class sets
 `takes_key = True` (`altflipcrop`) is also called with the item's `seed`, `epoch`, `index` and `draw`.
-`AugmentationPipeline` chains the named entries in the order given and draws all their randomness from one
-`np.random.default_rng([seed, epoch, index])`, so an augmented image is a pure function of (seed, epoch, index):
-independent of worker count, rank and resume point. The torchvision
+`AugmentationPipeline` chains the named entries in the order given and draws their randomness from one
+`np.random.default_rng([seed, epoch, index])` (`altflipcrop`'s first-epoch coin comes from its own
+`[seed, index, tag]` generator), so an augmented image is a pure function of (seed, epoch, index): independent of
+worker count, rank and resume point. The torchvision
 policies draw from torch's global RNG; they run inside `torch.random.fork_rng` with a seed taken from that
 Generator, so they are just as deterministic and leave the caller's RNG untouched.
 

@@ -273,11 +273,11 @@ def check_altflipcrop(image):
     for index in range(6):
         once, again = (flip_shift_of(image, pipeline(image, seed=3, epoch=4, index=index, draw=d), 2) for d in (0, 1))
         assert once[0] != again[0]
+    combined = AugmentationPipeline("altflipcrop,erasing", options=options)
     for index in range(6):  # the item's stream is shared with the stages after it, as for every name
         rng = np.random.default_rng([3, 1, index])
         mirrored = flip_shift_of(image, run("altflipcrop", image, epoch=1, index=index, options=options), 2)[0]
         expected = AUGMENTATIONS.get("erasing")()(FlipCrop(0, 2).flip_shift(image, mirrored, rng), rng)
-        combined = AugmentationPipeline("altflipcrop,erasing", options=options)
         assert np.array_equal(combined(image, seed=3, epoch=1, index=index), expected)
 
 

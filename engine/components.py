@@ -13,7 +13,7 @@ from criterions import build_criterion, resolve_class_weights, resolve_head
 from dataloader import DataSplits, build_datasets, build_loader, build_split_dataset
 from dataloader.augment import AugmentOptions
 from dataloader.mix import BatchAugment, build_batch_augment
-from dataloader.preprocess import Preprocessing
+from dataloader.preprocess import Preprocessing, normalize_on_device
 from models import build_model
 from models.heads import find_classifier_name
 from models.lora import add_lora, base_gaps, load_adapter_state, merge_lora, resolve_lora_targets
@@ -126,6 +126,21 @@ def new_model(cfg: Config, *, pretrained: bool = True, train_targets=None,
         return lora_model(cfg, base=cfg.pretrained, num_classes=cfg.num_classes)
     return build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained if pretrained else None,
                        prior_bias=class_priors(cfg.prior_bias, train_targets, class_names), **model_options(cfg))
+
+
+def init_from_data(model: torch.nn.Module, cfg: Config, class_names: list[str]) -> int:
+    """Give a new network whose initialisation depends on data (``model.init_images`` > 0, e.g. airbench's whitening
+    stem) that many train images, drawn by --seed, without augmentation and normalised as in training. The same on
+    every rank. Returns the number of images used (0: the model needs none)."""
+    wanted = getattr(model, "init_images", 0)
+    if not wanted:
+        return 0
+    train = split_dataset_of(cfg, "train", class_names)
+    picked = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:wanted]
+    images = torch.stack([train[i][0] for i in picked.tolist()])
+    preprocessing = preprocessing_of(cfg)
+    model.init_from_images(normalize_on_device(images, preprocessing.mean, preprocessing.std))
+    return len(images)
 
 
 def class_priors(prior_bias, train_targets, class_names: list[str] | None):

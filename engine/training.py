@@ -21,8 +21,8 @@ from config import Config
 from criterions import resolve_head
 from dataloader import DataSplits, Preprocessing, encode_splits, hard_labels
 from dataloader.unlabelled import with_extra_samples
-from engine.components import (base_reference, batch_augment_of, criterion_from_config, datasets_of, loader_for,
-                               new_model, optimizer_from_config, preprocessing_of, scheduler_from_config,
+from engine.components import (base_reference, batch_augment_of, criterion_from_config, datasets_of, init_from_data,
+                               loader_for, new_model, optimizer_from_config, preprocessing_of, scheduler_from_config,
                                train_crop_of)
 from engine.device import autocast, to_model_input
 from engine.inference import predict_logits
@@ -169,6 +169,8 @@ def build_training_run(job: Job, pseudo: PseudoLabels | None = None) -> Training
     cfg.head = resolve_head(cfg.criterion, cfg.head)  # stored resolved, so the checkpoint rebuilds the same head
     model = new_model(cfg, pretrained=ckpt is None, train_targets=splits.train.targets,
                       class_names=splits.class_names).to(info.device)
+    if ckpt is None and not cfg.pretrained and (used := init_from_data(model, cfg, splits.class_names)):
+        log.info("%s initialised from %d train images (unaugmented, drawn by --seed)", cfg.model, used)
     choose_speed_settings(cfg, model, info, log)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -10,6 +10,12 @@ Why here: the channels are wide (64-256) and the resolution drops right after th
 so each convolution is a large matrix multiply. A bare training step (batch 128, bf16 + channels_last, 2 threads)
 of airbench_m ran at 339 GFLOP/s on an AMD EPYC with AVX512-bf16 and 233-242 on an Intel Xeon with AMX, against
 151-178 for WRN-22-1 on the Xeon (16-64 channels, memory-bound pre-activation BN).
+
+The ``_whiten`` variants replace the trained stem by airbench's whitening layer: a 2x2 convolution (no padding)
+whose filters are the principal directions of the training images' 2x2 patches, each scaled to unit variance, in
+both signs, followed by GELU. The filters are set once from training images before the first step and never train
+(they are a buffer); the bias trains. Models that want such an initialisation say how many images they need in
+``init_images`` and take them, normalised as the network sees them, in ``init_from_images``.
 """
 from __future__ import annotations
 
@@ -34,6 +40,52 @@ def conv_bn_gelu(in_chans: int, out_chans: int) -> nn.Sequential:
     return nn.Sequential(dirac_conv(in_chans, out_chans), nn.BatchNorm2d(out_chans), nn.GELU())
 
 
+class WhiteningStem(nn.Module):
+    """A k x k convolution without padding whose filters whiten k x k patches, then GELU (airbench's first layer).
+
+    ``out_chans / 2`` directions, each as a filter and its negative, so GELU passes both signs. Until ``fit`` the
+    directions are the unit patches, which is what ``fit`` gives for white data, so an unfitted stem still passes
+    its input on.
+    """
+
+    def __init__(self, in_chans: int, out_chans: int, kernel: int = 2) -> None:
+        super().__init__()
+        dims = in_chans * kernel * kernel
+        assert out_chans % 2 == 0 and out_chans // 2 <= dims, \
+            f"a whitening stem has an even number of channels, at most 2 x {dims}, got {out_chans}"
+        self.conv = nn.Conv2d(in_chans, out_chans, kernel, bias=True)
+        # A buffer, not a parameter: no optimizer, freezer or DDP hook can train it. It keeps its place in the
+        # state dict and nn.Conv2d (which FLOP counters and exporters know) reads it as its weight.
+        del self.conv.weight
+        units = torch.eye(dims)[:out_chans // 2].view(-1, in_chans, kernel, kernel)
+        self.conv.register_buffer("weight", torch.cat([units, -units]))
+        nn.init.zeros_(self.conv.bias)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor, eps: float = 5e-4, rank_tol: float = 1e-5, chunk: int = 256) -> None:
+        """Filters from ``images`` (N, C, H, W, normalised): the leading eigenvectors of the patches' second-moment
+        matrix (in float64), each divided by sqrt(eigenvalue + eps) as airbench does. A direction without variance
+        (eigenvalue below ``rank_tol`` of the largest, e.g. the channel differences of grey images stored as RGB)
+        gets a zero filter instead of one that would amplify rounding errors and noise by 1 / sqrt(eps)."""
+        c, k = self.conv.in_channels, self.conv.kernel_size[0]
+        moment, count = torch.zeros(c * k * k, c * k * k, dtype=torch.float64), 0
+        for start in range(0, len(images), chunk):  # bounded memory at any image size
+            patches = images[start:start + chunk].cpu().double().unfold(2, k, 1).unfold(3, k, 1)  # N C H' W' k k
+            patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k)
+            moment += patches.T @ patches
+            count += len(patches)
+        values, vectors = torch.linalg.eigh(moment / count)  # ascending
+        n = self.conv.out_channels // 2
+        values, vectors = values.flip(0)[:n], vectors.flip(1)[:, :n]
+        scale = torch.where(values > rank_tol * values[0], (values + eps).rsqrt(), torch.zeros_like(values))
+        filters = (vectors * scale).T.reshape(n, c, k, k)
+        self.conv.weight.copy_(torch.cat([filters, -filters]))
+
+
 class ConvGroup(nn.Module):
     """conv, 2x2 max-pool, BN, GELU, then (convs - 1) conv-BN-GELU; a residual over the last two when convs == 3."""
 
@@ -56,15 +108,22 @@ class AirbenchNet(nn.Module):
     """Stem (`stem` channels) and three groups at `widths`, each halving the resolution; `pool`, `fc`."""
 
     def __init__(self, num_classes: int, *, widths: tuple[int, int, int], stem: int = 24, convs: int = 2,
-                 in_chans: int = 3) -> None:
+                 in_chans: int = 3, whiten: bool = False) -> None:
         super().__init__()
         assert num_classes >= 1, f"num_classes must be >= 1, got {num_classes}"
         assert len(widths) == 3, f"airbench has three groups, got widths {widths}"
         chans = [stem, *widths]
-        self.features = nn.Sequential(conv_bn_gelu(in_chans, stem),
+        first = WhiteningStem(in_chans, stem) if whiten else conv_bn_gelu(in_chans, stem)
+        self.features = nn.Sequential(first,
                                       *[ConvGroup(c_in, c_out, convs) for c_in, c_out in zip(chans, chans[1:])])
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(widths[-1], num_classes)
+        self.init_images = 5000 if whiten else 0  # airbench fits its whitening on 5,000 training images
+
+    def init_from_images(self, images: torch.Tensor) -> None:
+        """Fit the whitening stem to normalised training images (N, C, H, W); nothing to do for a trained stem."""
+        if isinstance(self.features[0], WhiteningStem):
+            self.features[0].fit(images)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Last feature map (N, widths[-1], H/8, W/8): what CAM methods look at."""
@@ -85,3 +144,15 @@ def airbench94(*, num_classes: int, **kwargs) -> AirbenchNet:
 def airbench_m(*, num_classes: int, **kwargs) -> AirbenchNet:
     """Widths 64-128-256, two convolutions per group: about 1.16 M parameters, 60 M multiply-adds at 28x28."""
     return AirbenchNet(num_classes, widths=(64, 128, 256), **kwargs)
+
+
+@register_model("airbench94_whiten")
+def airbench94_whiten(*, num_classes: int, **kwargs) -> AirbenchNet:
+    """airbench94 with the whitening stem (2x2 patches, 24 channels) in place of the trained 3x3 one."""
+    return AirbenchNet(num_classes, widths=(64, 256, 256), whiten=True, **kwargs)
+
+
+@register_model("airbench_m_whiten")
+def airbench_m_whiten(*, num_classes: int, **kwargs) -> AirbenchNet:
+    """airbench_m with the whitening stem (2x2 patches, 24 channels) in place of the trained 3x3 one."""
+    return AirbenchNet(num_classes, widths=(64, 128, 256), whiten=True, **kwargs)

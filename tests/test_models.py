@@ -8,13 +8,14 @@ import torch
 from torch import nn
 
 import models
-from models.airbench import dirac_conv
+from models.airbench import WhiteningStem, dirac_conv
+from models.complexity import count_macs
 from models.heads import find_classifier_name, replace_classifier
 
 # (name, input size). Our own models run at their native 28/32 px; the seed models at 64 px to stay fast.
 OWN_CASES = [("small_cnn", 28), ("small_cnn", 32), ("small_cnn_wide", 32), ("small_cnn_tiny", 16), ("wrn10_4", 28), ("wrn16_4", 28),
              ("wrn22_1", 28), ("wrn16_8", 28), ("wrn28_10", 32), ("resnet9", 32), ("resnet9_half", 28),
-             ("airbench94", 28), ("airbench_m", 32)]
+             ("airbench94", 28), ("airbench_m", 32), ("airbench94_whiten", 28), ("airbench_m_whiten", 32)]
 SEED_CASES = [
     ("resnet18", 64),
     ("resnet50", 64),
@@ -240,6 +241,59 @@ def test_airbench_convolutions_start_as_identity() -> None:
     model = models.build_model("airbench_m", num_classes=NUM_CLASSES)
     first = model.features[0][0]
     assert torch.equal(first.weight[:3, :, 1, 1], torch.eye(3))
+
+
+def test_whitening_stem_before_fit_passes_patches_in_both_signs() -> None:
+    stem = WhiteningStem(3, 24)
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        out = stem.conv(x)
+    patches = x.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(2, 4, 4, 12)
+    torch.testing.assert_close(out[:, :12].permute(0, 2, 3, 1), patches)
+    torch.testing.assert_close(out[:, 12:], -out[:, :12])
+    # the filters are a buffer: nothing can train them, and they are saved with the weights
+    assert [name for name, _ in stem.named_parameters()] == ["conv.bias"]
+    assert "conv.weight" in stem.state_dict()
+
+
+def test_whitening_stem_fit_whitens_patches() -> None:
+    # RGB images with correlated neighbours and channels: after fit the 12 directions are uncorrelated, each with a
+    # second moment of lambda / (lambda + eps): 1 but for the weakest direction here (lambda about 0.013)
+    torch.manual_seed(0)
+    base = torch.randn(400, 1, 12, 12).cumsum(-1).cumsum(-2) / 4
+    images = torch.cat([base, 0.7 * base + 0.3 * torch.randn_like(base), torch.randn_like(base)], dim=1)
+    stem = WhiteningStem(3, 24)
+    stem.fit(images)
+    with torch.no_grad():
+        out = stem.conv(images) - stem.conv.bias.view(1, -1, 1, 1)
+    flat = out[:, :12].permute(1, 0, 2, 3).reshape(12, -1).double()
+    moment = flat @ flat.T / flat.shape[1]
+    off_diagonal = moment - torch.diag(moment.diagonal())
+    assert off_diagonal.abs().max() < 1e-2
+    assert ((moment.diagonal() > 0.95) & (moment.diagonal() < 1.0)).all(), moment.diagonal()
+    torch.testing.assert_close(stem.conv.weight[12:], -stem.conv.weight[:12])
+
+
+def test_whitening_stem_gives_grey_images_zero_filters_where_there_is_no_variance() -> None:
+    # grey images stored as RGB: 2x2 patches span 4 of 12 dimensions, so 4 filter pairs live and 8 are zero (not
+    # scaled by 1 / sqrt(eps), which would blow up the channel differences that augmentation noise brings)
+    grey = torch.randn(200, 1, 10, 10).expand(-1, 3, -1, -1)
+    stem = WhiteningStem(3, 24)
+    stem.fit(grey)
+    norms = stem.conv.weight[:12].flatten(1).norm(dim=1)
+    assert (norms > 0).sum() == 4 and (norms[4:] == 0).all()
+
+
+def test_whitened_airbench_asks_for_init_images_and_counts_its_stem() -> None:
+    model = models.build_model("airbench_m_whiten", num_classes=NUM_CLASSES)
+    plain = models.build_model("airbench_m", num_classes=NUM_CLASSES)
+    assert model.init_images == 5000 and plain.init_images == 0
+    # thop sees the whitening stem as the nn.Conv2d it is, with its buffer as weight: 24 x 12 multiply-adds per
+    # output pixel, 27 x 27 of them at 28 px
+    assert count_macs(model.features[0], (28, 28)) == 24 * 12 * 27 * 27
+    before = model.features[0].conv.weight.clone()
+    model.init_from_images(torch.randn(50, 3, 28, 28))
+    assert not torch.equal(model.features[0].conv.weight, before)
 
 
 def test_prior_bias_without_bias_fails_clearly() -> None:

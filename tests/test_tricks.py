@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 import main as entry
+import models
+from engine.components import init_from_data, split_dataset_of
 from engine.training import maybe_compile, optimizer_step, train_one_epoch, weight_penalty
 from config import Config
 from criterions import build_criterion
@@ -186,3 +188,28 @@ def test_torchrun_sync_bn_training_keeps_ranks_identical(tiny_digits, tmp_path):
     # the checkpoint loads into the plain (unsynchronised) model for evaluation and export
     entry.run_command(["--evaluation", "--resume", str(tmp_path / "ck/syncbn/last.pth"), "--split", "val", "-j", "0",
                 "--output", str(tmp_path / "eval")])
+
+
+def test_whitening_stem_is_fitted_once_from_train_images_and_never_trained(tiny_digits, tmp_path):
+    """airbench_m_whiten: a new run fits the stem to --seed's draw of unaugmented train images; training moves its bias
+    only; a resumed run keeps the fitted filters instead of fitting again; evaluation rebuilds the model by name."""
+    args = base_args(tiny_digits, tmp_path, "white") + ["--model", "airbench_m_whiten", "--epochs", "2",
+                                                        "--aug", "flipcrop,erasing", "--seed", "3"]
+    entry.run_command(args + ["--stop_epoch", "1"])
+    epoch1 = load_checkpoint(tmp_path / "ck/white/last.pth")
+    cfg = Config.from_dict(epoch1.config)
+    fresh = models.build_model("airbench_m_whiten", num_classes=10)
+    assert init_from_data(fresh, cfg, epoch1.class_names) == len(split_dataset_of(cfg, "train", epoch1.class_names))
+    fitted = fresh.features[0].conv.weight
+    assert not torch.equal(fitted, models.build_model("airbench_m_whiten", num_classes=10).features[0].conv.weight)
+    torch.testing.assert_close(epoch1.model["features.0.conv.weight"], fitted, rtol=0, atol=0)
+    assert not torch.equal(epoch1.model["features.0.conv.bias"], fresh.features[0].conv.bias)  # the bias trains
+    entry.run_command(["--resume", str(tmp_path / "ck/white/last.pth"), "-j", "0"])
+    epoch2 = load_checkpoint(tmp_path / "ck/white/last.pth")
+    assert epoch2.epoch == epoch1.epoch + 1
+    torch.testing.assert_close(epoch2.model["features.0.conv.weight"], fitted, rtol=0, atol=0)
+    log = (tmp_path / "ck/white/train.log").read_text()
+    assert log.count("airbench_m_whiten initialised from") == 1
+    entry.run_command(["--evaluation", "--resume", str(tmp_path / "ck/white/best.pth"), "--split", "val", "-j", "0",
+                       "--output", str(tmp_path / "eval")])
+    assert json.loads((tmp_path / "eval/report.json").read_text())["samples"] == 40

@@ -14,7 +14,7 @@ of airbench_m ran at 339 GFLOP/s on an AMD EPYC with AVX512-bf16 and 233-242 on 
 The ``_whiten`` variants replace the trained stem by airbench's whitening layer: a 2x2 convolution (no padding)
 whose filters are the principal directions of the training images' 2x2 patches, each scaled to unit variance, in
 both signs, followed by GELU. The filters are set once from training images before the first step and never train
-(they are a buffer); the bias trains. Models that want such an initialisation say how many images they need in
+(they are a buffer, and there is no bias). Models that want such an initialisation say how many images they need in
 ``init_images`` and take them, normalised as the network sees them, in ``init_from_images``.
 """
 from __future__ import annotations
@@ -46,6 +46,10 @@ class WhiteningStem(nn.Module):
     ``out_chans / 2`` directions, each as a filter and its negative, so GELU passes both signs. Until ``fit`` the
     directions are the unit patches, which is what ``fit`` gives for white data, so an unfitted stem still passes
     its input on.
+
+    Nothing here trains. airbench trains the bias for the first epochs, but a direction without variance gets a zero
+    filter, and the bias of such a constant channel drifts freely: on Fashion-MNIST it reached |b| ~ 3,000 within
+    two epochs and the zero padding of the next convolution turned it into a huge border artefact.
     """
 
     def __init__(self, in_chans: int, out_chans: int, kernel: int = 2) -> None:
@@ -53,13 +57,12 @@ class WhiteningStem(nn.Module):
         dims = in_chans * kernel * kernel
         assert out_chans % 2 == 0 and out_chans // 2 <= dims, \
             f"a whitening stem has an even number of channels, at most 2 x {dims}, got {out_chans}"
-        self.conv = nn.Conv2d(in_chans, out_chans, kernel, bias=True)
+        self.conv = nn.Conv2d(in_chans, out_chans, kernel, bias=False)
         # A buffer, not a parameter: no optimizer, freezer or DDP hook can train it. It keeps its place in the
         # state dict and nn.Conv2d (which FLOP counters and exporters know) reads it as its weight.
         del self.conv.weight
         units = torch.eye(dims)[:out_chans // 2].view(-1, in_chans, kernel, kernel)
         self.conv.register_buffer("weight", torch.cat([units, -units]))
-        nn.init.zeros_(self.conv.bias)
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,11 +11,12 @@ so each convolution is a large matrix multiply. A bare training step (batch 128,
 of airbench_m ran at 339 GFLOP/s on an AMD EPYC with AVX512-bf16 and 233-242 on an Intel Xeon with AMX, against
 151-178 for WRN-22-1 on the Xeon (16-64 channels, memory-bound pre-activation BN).
 
-The ``_whiten`` variants replace the trained stem by airbench's whitening layer: a 2x2 convolution (no padding)
-whose filters are the principal directions of the training images' 2x2 patches, each scaled to unit variance, in
-both signs, followed by GELU. The filters are set once from training images before the first step and never train
-(they are a buffer, and there is no bias). Models that want such an initialisation say how many images they need in
-``init_images`` and take them, normalised as the network sees them, in ``init_from_images``.
+The ``_whiten`` variants replace the trained stem by airbench's whitening layer: a 2x2 convolution (no padding;
+``_whiten3``: 3x3, padded to keep the input size) whose filters are the principal directions of the training
+images' patches, each scaled to unit variance, in both signs, followed by GELU. The filters are set once from
+training images before the first step and never train (they are a buffer, and there is no bias). Models that want
+such an initialisation say how many images they need in ``init_images`` and take them, normalised as the network
+sees them, in ``init_from_images``.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def conv_bn_gelu(in_chans: int, out_chans: int) -> nn.Sequential:
 
 
 class WhiteningStem(nn.Module):
-    """A k x k convolution without padding whose filters whiten k x k patches, then GELU (airbench's first layer).
+    """A k x k convolution whose filters whiten k x k patches, then GELU (airbench's first layer: k = 2, no padding).
 
     ``out_chans / 2`` directions, each as a filter and its negative, so GELU passes both signs. Until ``fit`` the
     directions are the unit patches, which is what ``fit`` gives for white data, so an unfitted stem still passes
@@ -52,12 +53,12 @@ class WhiteningStem(nn.Module):
     two epochs and the zero padding of the next convolution turned it into a huge border artefact.
     """
 
-    def __init__(self, in_chans: int, out_chans: int, kernel: int = 2) -> None:
+    def __init__(self, in_chans: int, out_chans: int, kernel: int = 2, padding: int = 0) -> None:
         super().__init__()
         dims = in_chans * kernel * kernel
         assert out_chans % 2 == 0 and out_chans // 2 <= dims, \
             f"a whitening stem has an even number of channels, at most 2 x {dims}, got {out_chans}"
-        self.conv = nn.Conv2d(in_chans, out_chans, kernel, bias=False)
+        self.conv = nn.Conv2d(in_chans, out_chans, kernel, padding=padding, bias=False)
         # A buffer, not a parameter: no optimizer, freezer or DDP hook can train it. It keeps its place in the
         # state dict and nn.Conv2d (which FLOP counters and exporters know) reads it as its weight.
         del self.conv.weight
@@ -111,12 +112,14 @@ class AirbenchNet(nn.Module):
     """Stem (`stem` channels) and three groups at `widths`, each halving the resolution; `pool`, `fc`."""
 
     def __init__(self, num_classes: int, *, widths: tuple[int, int, int], stem: int = 24, convs: int = 2,
-                 in_chans: int = 3, whiten: bool = False) -> None:
+                 in_chans: int = 3, whiten: int = 0) -> None:
         super().__init__()
         assert num_classes >= 1, f"num_classes must be >= 1, got {num_classes}"
         assert len(widths) == 3, f"airbench has three groups, got widths {widths}"
         chans = [stem, *widths]
-        first = WhiteningStem(in_chans, stem) if whiten else conv_bn_gelu(in_chans, stem)
+        # whiten: the patch size of a whitening stem (0: a trained 3x3 conv-BN-GELU); 3x3 keeps the input size
+        first = (WhiteningStem(in_chans, stem, whiten, padding=(whiten - 1) // 2) if whiten
+                 else conv_bn_gelu(in_chans, stem))
         self.features = nn.Sequential(first,
                                       *[ConvGroup(c_in, c_out, convs) for c_in, c_out in zip(chans, chans[1:])])
         self.pool = nn.AdaptiveMaxPool2d(1)
@@ -152,10 +155,17 @@ def airbench_m(*, num_classes: int, **kwargs) -> AirbenchNet:
 @register_model("airbench94_whiten")
 def airbench94_whiten(*, num_classes: int, **kwargs) -> AirbenchNet:
     """airbench94 with the whitening stem (2x2 patches, 24 channels) in place of the trained 3x3 one."""
-    return AirbenchNet(num_classes, widths=(64, 256, 256), whiten=True, **kwargs)
+    return AirbenchNet(num_classes, widths=(64, 256, 256), whiten=2, **kwargs)
 
 
 @register_model("airbench_m_whiten")
 def airbench_m_whiten(*, num_classes: int, **kwargs) -> AirbenchNet:
     """airbench_m with the whitening stem (2x2 patches, 24 channels) in place of the trained 3x3 one."""
-    return AirbenchNet(num_classes, widths=(64, 128, 256), whiten=True, **kwargs)
+    return AirbenchNet(num_classes, widths=(64, 128, 256), whiten=2, **kwargs)
+
+
+@register_model("airbench_m_whiten3")
+def airbench_m_whiten3(*, num_classes: int, **kwargs) -> AirbenchNet:
+    """airbench_m with a whitening stem of 3x3 patches, padded to keep the input size: 27 directions (10 with variance
+    for grey images stored as RGB, against 5 of 12 for 2x2 patches), the leading 12 of them in both signs."""
+    return AirbenchNet(num_classes, widths=(64, 128, 256), whiten=3, **kwargs)

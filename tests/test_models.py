@@ -15,7 +15,8 @@ from models.heads import find_classifier_name, replace_classifier
 # (name, input size). Our own models run at their native 28/32 px; the seed models at 64 px to stay fast.
 OWN_CASES = [("small_cnn", 28), ("small_cnn", 32), ("small_cnn_wide", 32), ("small_cnn_tiny", 16), ("wrn10_4", 28), ("wrn16_4", 28),
              ("wrn22_1", 28), ("wrn16_8", 28), ("wrn28_10", 32), ("resnet9", 32), ("resnet9_half", 28),
-             ("airbench94", 28), ("airbench_m", 32), ("airbench94_whiten", 28), ("airbench_m_whiten", 32)]
+             ("airbench94", 28), ("airbench_m", 32), ("airbench94_whiten", 28), ("airbench_m_whiten", 32),
+             ("airbench_m_whiten3", 28)]
 SEED_CASES = [
     ("resnet18", 64),
     ("resnet50", 64),
@@ -282,6 +283,20 @@ def test_whitening_stem_gives_grey_images_zero_filters_where_there_is_no_varianc
     stem.fit(grey)
     norms = stem.conv.weight[:12].flatten(1).norm(dim=1)
     assert (norms > 0).sum() == 4 and (norms[4:] == 0).all()
+
+
+def test_whitening_stem_of_3x3_patches_keeps_the_size_and_finds_ten_grey_directions() -> None:
+    # grey images normalised per channel (ImageNet mean/std) span the 9 pixel values of a 3x3 patch plus the
+    # constant offset the per-channel means add: 10 of 27 directions have variance
+    grey = torch.rand(200, 1, 12, 12).expand(-1, 3, -1, -1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    stem = models.build_model("airbench_m_whiten3", num_classes=NUM_CLASSES).features[0]
+    stem.fit((grey - mean) / std)
+    norms = stem.conv.weight[:12].flatten(1).norm(dim=1)
+    assert (norms > 0).sum() == 10 and (norms[10:] == 0).all()
+    with torch.no_grad():
+        assert stem(torch.randn(2, 3, 28, 28)).shape == (2, 24, 28, 28)
 
 
 def test_whitened_airbench_asks_for_init_images_and_counts_its_stem() -> None:

@@ -4,6 +4,7 @@ No timing is asserted; only that every expected row is there and every ratio is 
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -123,3 +124,26 @@ def test_checkpoint_overhead_prints_tables_and_results(source, tmp_path):
     assert [e["variant"] for e in report["epochs"]] == ["warm-up", "without", "with", "interleaved"]
     assert (tmp_path / "results" / "summary.csv").read_text().startswith("part,item,metric,value")
     assert not list(tmp_path.glob("checkpoint_overhead-*")), "the checkpoint folder was not removed"
+
+
+def test_train_step_prints_every_model_with_its_ratio(tmp_path):
+    out = run_script("train_step.py", ["--models", "airbench_m", "airbench_m_whiten", "small_cnn", "--size", "16",
+                                       "--batch", "4", "--rounds", "2", "--steps", "2", "--warmup", "1", "--no-amp",
+                                       "--no-channels_last", "--json", str(tmp_path / "steps.json")])
+    rows = parse_markdown_table(out)
+    assert [row["model"] for row in rows] == ["airbench_m", "airbench_m_whiten", "small_cnn"], out
+    assert float(rows[0]["speed vs airbench_m"]) == 1.0
+    for row in rows:
+        for column in ("M multiply-adds / image", "ms / step", "images/s", "GFLOP/s", "speed vs airbench_m"):
+            positive_number(row[column])
+    assert "CPU capability" in out and "torch threads per process 1" in out, out
+    figures = json.loads((tmp_path / "steps.json").read_text())["models"]
+    assert [f["model"] for f in figures] == ["airbench_m", "airbench_m_whiten", "small_cnn"]
+
+
+def test_train_step_refuses_an_unknown_model_in_one_line():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "benchmarks/train_step.py", "--models", "airbench_mm"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "error:" in proc.stderr and "airbench_mm" in proc.stderr, proc.stderr

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import environment, markdown_table  # noqa: E402
+from engine.device import amp_dtype  # noqa: E402
 from models import build_model  # noqa: E402
 from models.complexity import count_macs  # noqa: E402
 from utils.hardware import choose_amp, choose_channels_last, describe_hardware  # noqa: E402
@@ -39,10 +40,10 @@ class Stepper:
         self.targets = torch.randint(0, args.classes, (args.batch,), device=device)
         if getattr(model, "init_images", 0):
             model.init_from_images(self.images)
-        self.amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
         self.amp = choose_amp(args.amp, device)
-        self.channels_last, _ = choose_channels_last(args.channels_last, model, shape, device,
-                                                     self.amp_dtype if self.amp else None, model_name=name)
+        self.dtype = amp_dtype(device) if self.amp else None  # as the train job's autocast
+        self.channels_last, _ = choose_channels_last(args.channels_last, model, shape, device, self.dtype,
+                                                     model_name=name)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
             self.images = self.images.contiguous(memory_format=torch.channels_last)
@@ -52,7 +53,7 @@ class Stepper:
 
     def step(self) -> float:
         started = time.perf_counter()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp):
             loss = F.cross_entropy(self.model(self.images).float(), self.targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -96,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(args.models)) != len(args.models):
         p.error(f"--models names a model twice: {args.models}")
     device = torch.device(args.device)
-    print(environment(processes=1, workers=0))
-    print(describe_hardware(device))
+    machine, hardware = environment(processes=1, workers=0), describe_hardware(device)
+    print(machine)
+    print(hardware)
     try:
         steppers = [Stepper(name, args, device) for name in args.models]
     except ValueError as error:  # an unknown model name: the registry's message names the closest ones
@@ -111,16 +113,16 @@ def main(argv: list[str] | None = None) -> int:
         gflops = 6 * s.macs * rate / 1e9
         figures.append({"model": s.name, "macs_per_image": s.macs, "amp": s.amp, "channels_last": s.channels_last,
                         "step_ms": 1e3 * step, "images_per_s": rate, "train_gflops": gflops, "ratio": first / step})
-        rows.append([s.name, f"{s.macs / 1e6:.1f}", "bf16" if s.amp and device.type == "cpu" else
-                     ("fp16" if s.amp else "fp32"), "yes" if s.channels_last else "no", f"{1e3 * step:.1f}",
-                     f"{rate:.0f}", f"{gflops:.1f}", f"{first / step:.2f}"])
+        precision = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[s.dtype]
+        rows.append([s.name, f"{s.macs / 1e6:.1f}", precision, "yes" if s.channels_last else "no",
+                     f"{1e3 * step:.1f}", f"{rate:.0f}", f"{gflops:.1f}", f"{first / step:.2f}"])
     print(f"training step, batch {args.batch} at {args.size}x{args.size}, median of the fastest of {args.rounds} "
           f"turns of {args.steps} steps")
     print(markdown_table(["model", "M multiply-adds / image", "precision", "channels_last", "ms / step", "images/s",
                           "GFLOP/s", f"speed vs {steppers[0].name}"], rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "environment": environment(processes=1, workers=0),
-                                               "hardware": describe_hardware(device), "models": figures}, indent=2))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "environment": machine, "hardware": hardware,
+                                               "models": figures}, indent=2))
     return 0
 
 

@@ -39,11 +39,15 @@ def to_device_uint8(images: torch.Tensor | EncodedBatch, device: torch.device) -
     return images.to(device, non_blocking=True)
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """What --amp computes in: fp16 on CUDA (paired with a GradScaler in training), bf16 elsewhere."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
 def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU, fp16 on CUDA (paired with a GradScaler in training)."""
+    """Autocast to ``amp_dtype(device)`` under --amp, nothing otherwise."""
     if not cfg.amp:
         return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=amp_dtype(device))
 
 

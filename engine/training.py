@@ -24,7 +24,7 @@ from dataloader.unlabelled import with_extra_samples
 from engine.components import (base_reference, batch_augment_of, criterion_from_config, datasets_of, init_from_data,
                                loader_for, new_model, optimizer_from_config, preprocessing_of, scheduler_from_config,
                                train_crop_of)
-from engine.device import autocast, to_model_input
+from engine.device import amp_dtype, autocast, to_model_input
 from engine.inference import predict_logits
 from engine.job import Job, default_run_name, open_job, run_dir, seed_everything
 from engine.objective import PseudoTargets, TrainingLoss, training_loss_from_config
@@ -504,14 +504,14 @@ def choose_speed_settings(cfg: Config, model: torch.nn.Module, info: DistInfo, l
     """Resolve unset --amp / --channels_last from the hardware (rank 0 decides for all ranks); the resolved
     values go into the checkpoint's config, so a resumed run keeps them."""
     amp = choose_amp(cfg.amp, info.device)
-    amp_dtype = (torch.float16 if info.device.type == "cuda" else torch.bfloat16) if amp else None
+    dtype = amp_dtype(info.device) if amp else None
     # the real batch where it is cheap (up to 128 images of 32x32 in pixels), at least 8 images: at 2 threads,
     # wrn22_1 at 28 px ran the same in both formats at batch 32 and 25% faster channels_last at its batch of 128
     height, width = cfg.image_size
     probe_shape = (min(cfg.batch_size, max(8, 128 * 32 * 32 // (height * width))), 3, height, width)
     channels_last, why = None, ""
     if info.is_main:  # one measurement (or cache read) for the whole world
-        channels_last, why = choose_channels_last(cfg.channels_last, model, probe_shape, info.device, amp_dtype,
+        channels_last, why = choose_channels_last(cfg.channels_last, model, probe_shape, info.device, dtype,
                                                   model_name=cfg.model)
     cfg.amp, cfg.channels_last, why = broadcast_object((amp, channels_last, why))
     log.info("speed settings on %s: amp %s, channels_last %s (%s)", describe_hardware(info.device), cfg.amp,

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import models
+from dataloader.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from models.airbench import WhiteningStem, dirac_conv
 from models.complexity import count_macs
 from models.heads import find_classifier_name, replace_classifier
@@ -289,8 +290,8 @@ def test_whitening_stem_of_3x3_patches_keeps_the_size_and_finds_ten_grey_directi
     # grey images normalised per channel (ImageNet mean/std) span the 9 pixel values of a 3x3 patch plus the
     # constant offset the per-channel means add: 10 of 27 directions have variance
     grey = torch.rand(200, 1, 12, 12).expand(-1, 3, -1, -1)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     stem = models.build_model("airbench_m_whiten3", num_classes=NUM_CLASSES).features[0]
     stem.fit((grey - mean) / std)
     norms = stem.conv.weight[:12].flatten(1).norm(dim=1)

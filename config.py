@@ -407,10 +407,10 @@ def _optimisation_flags(p: argparse.ArgumentParser, d: Config) -> None:
     g.add_argument("--label_smoothing", type=float, default=d.label_smoothing,
                    help="targets become y (1 - eps) + eps / C, for every loss")
     g.add_argument("--optimizer", default=d.optimizer,
-                   help="sgd (Nesterov), adam, adamw, radam, nadam (torch); lamb, adabelief, novograd (timm); "
+                   help="sgd (Nesterov), adam, adamw, radam, nadam (torch); lamb, adabelief, novograd, muon (timm); "
                         "ranger (RAdam + Lookahead); adabound (optim/adabound.py)")
     g.add_argument("--lr", type=float, default=d.lr, help="base learning rate")
-    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (Nesterov when > 0)")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD and Muon momentum (Nesterov when > 0)")
     g.add_argument("--weight_decay", type=float, default=d.weight_decay, help="applied to weights, not norms/biases")
     g.add_argument("--epochs", type=_positive_int, default=d.epochs, help="total epochs of the schedule")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=d.amp,

@@ -1,6 +1,6 @@
 """Optimizer registry: each entry turns plain keyword arguments into an optimizer.
 
-Where each comes from: torch (sgd, adam, adamw, radam, nadam), timm (lamb, adabelief, novograd, and the
+Where each comes from: torch (sgd, adam, adamw, radam, nadam), timm (lamb, adabelief, novograd, muon, and the
 Lookahead wrapper behind ranger and ``lookahead=True``) and this package (adabound, which neither has).
 Every optimizer's ``state_dict`` holds tensors and plain types only, so it round-trips through our
 ``weights_only`` checkpoints; Lookahead keeps its slow weights in the inner optimizer's state.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
-from timm.optim import AdaBelief, Lamb, Lookahead, NvNovoGrad
+from timm.optim import AdaBelief, Lamb, Lookahead, Muon, NvNovoGrad
 from torch import nn
 
 from optim.adabound import AdaBound
@@ -72,6 +72,18 @@ def _adabelief(params, *, lr: float, weight_decay: float, momentum: float) -> to
 def _novograd(params, *, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
     """NovoGrad (Ginsburg et al. 2019): second moment per layer (a gradient norm), timm's NvNovoGrad."""
     return NvNovoGrad(params, lr=lr, weight_decay=weight_decay)
+
+
+@register_optimizer("muon")
+def _muon(params, *, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """Muon (Jordan et al. 2024), timm's: the Nesterov momentum of each weight matrix, a convolution's flattened to
+    (out, in·k·k), is orthogonalised by 5 Newton-Schulz steps, and scaled by 0.2·sqrt(max(out, in)) so its RMS
+    matches an AdamW step's; the lr and decoupled weight decay of AdamW carry over. Norms, biases and matrices
+    with a side under 4 (a 3-class head) take timm's NAdamW fallback at the same lr.
+
+    torch.optim.Muon takes 2-d parameters only, so a CNN's convolutions would need reshaping around it.
+    """
+    return Muon(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
 
 
 @register_optimizer("adabound")

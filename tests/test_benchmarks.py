@@ -141,9 +141,24 @@ def test_train_step_prints_every_model_with_its_ratio(tmp_path):
     assert [f["model"] for f in figures] == ["airbench_m", "airbench_m_whiten", "small_cnn"]
 
 
-def test_train_step_refuses_an_unknown_model_in_one_line():
+def test_train_step_runs_every_model_with_every_optimizer(tmp_path):
+    out = run_script("train_step.py", ["--models", "small_cnn", "airbench_m", "--optimizers", "sgd", "muon", "--size",
+                                       "16", "--batch", "4", "--rounds", "1", "--steps", "2", "--warmup", "1",
+                                       "--no-amp", "--no-channels_last", "--json", str(tmp_path / "steps.json")])
+    rows = parse_markdown_table(out)
+    assert [row["model"] for row in rows] == ["small_cnn + sgd", "small_cnn + muon", "airbench_m + sgd",
+                                              "airbench_m + muon"], out
+    assert float(rows[0]["speed vs small_cnn + sgd"]) == 1.0
+    figures = json.loads((tmp_path / "steps.json").read_text())["models"]
+    assert [(f["model"], f["optimizer"]) for f in figures] == [("small_cnn", "sgd"), ("small_cnn", "muon"),
+                                                                ("airbench_m", "sgd"), ("airbench_m", "muon")]
+
+
+def test_train_step_refuses_an_unknown_model_or_optimizer_in_one_line():
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "benchmarks/train_step.py", "--models", "airbench_mm"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert "error:" in proc.stderr and "airbench_mm" in proc.stderr, proc.stderr
+    for flags, name in ((["--models", "airbench_mm"], "airbench_mm"),
+                        (["--models", "small_cnn", "--optimizers", "moun"], "moun")):
+        proc = subprocess.run([sys.executable, "benchmarks/train_step.py", *flags], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "error:" in proc.stderr and name in proc.stderr, proc.stderr

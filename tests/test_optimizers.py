@@ -19,7 +19,7 @@ from utils.checkpoint import load_checkpoint
 
 # A learning rate that suits each optimizer on the tiny problem below; a new registry entry must add one.
 LRS = {"sgd": 0.1, "adam": 0.03, "adamw": 0.03, "radam": 0.1, "nadam": 0.03, "ranger": 0.1, "lamb": 0.03,
-       "adabelief": 0.03, "novograd": 0.03, "adabound": 0.03}
+       "adabelief": 0.03, "novograd": 0.03, "adabound": 0.03, "muon": 0.03}
 CASES = [(name, lookahead) for name in sorted(LRS) for lookahead in (False, True)]
 
 
@@ -225,3 +225,38 @@ def test_lookahead_run_resumes_bit_identically(tiny_digits, tmp_path):
     for key, tensor in full.model.items():
         assert torch.equal(tensor, split.model[key]), f"{key} differs after resume"
     assert full.optimizer["param_groups"][0]["lookahead_step"] == 15
+
+
+def test_muon_orthogonalises_convolution_updates_and_leaves_norms_to_adamw():
+    """Convolutions and wide matrices take Muon's update: after one step from rest the change of a conv's
+    flattened (8, 27) weight has all its singular values at lr * 0.2 * sqrt(27), where the gradient's spread over
+    a factor of 3; BN parameters and a 3-wide head take NAdamW."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 3))
+    optimizer = make_optimizer(model, "muon", lookahead=False, weight_decay=0.0)
+    conv = model[0].weight
+    before = conv.detach().clone()
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 3, (16,))
+    train_steps(model, optimizer, x, y, 1)
+    routed = {name: optimizer.state[p]["use_muon"] for name, p in model.named_parameters()}
+    assert routed == {"0.weight": True, "0.bias": False, "1.weight": False, "1.bias": False, "4.weight": False,
+                      "4.bias": False}
+    singular = torch.linalg.svdvals((conv - before).reshape(8, -1))
+    gradient = torch.linalg.svdvals(conv.grad.reshape(8, -1))  # what SGD's step would have been
+    expected = LRS["muon"] * 0.2 * 27 ** 0.5
+    assert torch.allclose(singular, torch.full_like(singular, expected), rtol=0.1), (singular, expected)
+    assert gradient.min() < 0.5 * gradient.max(), gradient
+
+
+def test_muon_run_resumes_bit_identically(tiny_digits, tmp_path):
+    """Through main.py: Muon's momentum buffers, its per-parameter routing and the fallback's moments all live in
+    the weights_only checkpoint, so a run stopped after epoch 1 and resumed ends with the uninterrupted weights."""
+    flags = ["--optimizer", "muon", "--lr", "0.003", "--weight_decay", "0.05", "--momentum", "0.95"]
+    full = run_main(tiny_digits, tmp_path, "full", flags)
+    run_main(tiny_digits, tmp_path, "split", flags + ["--stop_epoch", "1"])
+    entry.run_command(["--resume", str(tmp_path / "ck/split/last.pth"), "-j", "0"])
+    split = load_checkpoint(tmp_path / "ck/split/last.pth")
+    assert full.epoch == split.epoch == 2
+    assert any(state["use_muon"] for state in full.optimizer["state"].values())
+    for key, tensor in full.model.items():
+        assert torch.equal(tensor, split.model[key]), f"{key} differs after resume"

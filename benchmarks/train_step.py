@@ -7,9 +7,10 @@ a fixed random batch; no loader, no augmentation, no validation.
 Every model runs with every optimizer of ``--optimizers`` (registry names, built as the train job builds them:
 weight decay off norms and biases). The pairs take turns, ``--rounds`` times ``--steps`` steps each, so a host whose
 speed drifts (a shared VM) slows all of them alike. A pair's figure is the median step of its fastest round, and
-its ratio is the first pair's step time over its own (above 1: faster than the first). Models initialised from data (the whitening stems) are
-fitted to the random batch first: their frozen stems need no backward, and that is part of what is measured. AMP
-and channels_last are chosen per model from the hardware as the train job chooses them, unless set by flag.
+its ratio is the first pair's step time over its own (above 1: faster than the first). Models initialised from
+data (the whitening stems) are fitted to the random batch first: their frozen stems need no backward, and that is
+part of what is measured. AMP and channels_last are chosen per model from the hardware as the train job chooses
+them, unless set by flag.
 GFLOP/s counts thop's forward multiply-adds x 2 x 3 (forward and backward) per image.
 """
 from __future__ import annotations
@@ -120,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         step = seconds[s.label]
         rate = args.batch / step
         gflops = 6 * s.macs * rate / 1e9
-        figures.append({"model": s.name, "optimizer": s.optimizer_name, "macs_per_image": s.macs, "amp": s.amp, "channels_last": s.channels_last,
-                        "step_ms": 1e3 * step, "images_per_s": rate, "train_gflops": gflops, "ratio": first / step})
+        figures.append({"model": s.name, "optimizer": s.optimizer_name, "macs_per_image": s.macs, "amp": s.amp,
+                        "channels_last": s.channels_last, "step_ms": 1e3 * step, "images_per_s": rate,
+                        "train_gflops": gflops, "ratio": first / step})
         precision = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[s.dtype]
         rows.append([s.label, f"{s.macs / 1e6:.1f}", precision, "yes" if s.channels_last else "no",
                      f"{1e3 * step:.1f}", f"{rate:.0f}", f"{gflops:.1f}", f"{first / step:.2f}"])

@@ -214,23 +214,30 @@ def test_backbone_lr_scale_reaches_the_checkpointed_optimizer(tiny_digits, tmp_p
     assert groups[2]["lr"] == pytest.approx(0.1 * groups[0]["lr"]) and groups[0]["lr"] > 0
 
 
-def test_lookahead_run_resumes_bit_identically(tiny_digits, tmp_path):
-    """5 steps per epoch with k=3: the resumed run must continue Lookahead's cycle mid-way, slow weights and all."""
-    flags = ["--optimizer", "ranger", "--lookahead_k", "3", "--lr", "0.003"]
-    full = run_main(tiny_digits, tmp_path, "full", flags)
-    run_main(tiny_digits, tmp_path, "split", flags + ["--stop_epoch", "1"])
-    entry.run_command(["--resume", str(tmp_path / "ck/split/last.pth"), "-j", "0"])
-    split = load_checkpoint(tmp_path / "ck/split/last.pth")
+def assert_resume_is_bit_identical(data: Path, out: Path, flags: list[str]):
+    """Run ``flags`` uninterrupted and again stopped after epoch 1 and resumed; both must end with the same weights.
+    Returns the uninterrupted run's checkpoint."""
+    full = run_main(data, out, "full", flags)
+    run_main(data, out, "split", flags + ["--stop_epoch", "1"])
+    entry.run_command(["--resume", str(out / "ck/split/last.pth"), "-j", "0"])
+    split = load_checkpoint(out / "ck/split/last.pth")
     assert full.epoch == split.epoch == 2
     for key, tensor in full.model.items():
         assert torch.equal(tensor, split.model[key]), f"{key} differs after resume"
+    return full
+
+
+def test_lookahead_run_resumes_bit_identically(tiny_digits, tmp_path):
+    """5 steps per epoch with k=3: the resumed run must continue Lookahead's cycle mid-way, slow weights and all."""
+    full = assert_resume_is_bit_identical(tiny_digits, tmp_path,
+                                          ["--optimizer", "ranger", "--lookahead_k", "3", "--lr", "0.003"])
     assert full.optimizer["param_groups"][0]["lookahead_step"] == 15
 
 
 def test_muon_orthogonalises_convolution_updates_and_leaves_norms_to_adamw():
     """Convolutions and wide matrices take Muon's update: after one step from rest the change of a conv's
     flattened (8, 27) weight has all its singular values at lr * 0.2 * sqrt(27), where the gradient's spread over
-    a factor of 3; BN parameters and a 3-wide head take NAdamW."""
+    more than a factor of 2; BN parameters and a 3-wide head take NAdamW."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 3))
     optimizer = make_optimizer(model, "muon", lookahead=False, weight_decay=0.0)
@@ -251,12 +258,6 @@ def test_muon_orthogonalises_convolution_updates_and_leaves_norms_to_adamw():
 def test_muon_run_resumes_bit_identically(tiny_digits, tmp_path):
     """Through main.py: Muon's momentum buffers, its per-parameter routing and the fallback's moments all live in
     the weights_only checkpoint, so a run stopped after epoch 1 and resumed ends with the uninterrupted weights."""
-    flags = ["--optimizer", "muon", "--lr", "0.003", "--weight_decay", "0.05", "--momentum", "0.95"]
-    full = run_main(tiny_digits, tmp_path, "full", flags)
-    run_main(tiny_digits, tmp_path, "split", flags + ["--stop_epoch", "1"])
-    entry.run_command(["--resume", str(tmp_path / "ck/split/last.pth"), "-j", "0"])
-    split = load_checkpoint(tmp_path / "ck/split/last.pth")
-    assert full.epoch == split.epoch == 2
+    full = assert_resume_is_bit_identical(tiny_digits, tmp_path, ["--optimizer", "muon", "--lr", "0.003",
+                                                                  "--weight_decay", "0.05", "--momentum", "0.95"])
     assert any(state["use_muon"] for state in full.optimizer["state"].values())
-    for key, tensor in full.model.items():
-        assert torch.equal(tensor, split.model[key]), f"{key} differs after resume"

@@ -131,7 +131,8 @@ def new_model(cfg: Config, *, pretrained: bool = True, train_targets=None,
 def init_from_data(model: torch.nn.Module, cfg: Config, class_names: list[str]) -> int:
     """Give a new network whose initialisation depends on data (``model.init_images`` > 0, e.g. airbench's whitening
     stem) that many train images, drawn by --seed, without augmentation and normalised as in training. The same on
-    every rank. Returns the number of images used (0: the model needs none)."""
+    every rank. Returns the number of images used (0: the model needs none, or has what they give already, e.g. a
+    fitted stem loaded with --pretrained)."""
     wanted = getattr(model, "init_images", 0)
     if not wanted:
         return 0

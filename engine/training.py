@@ -169,7 +169,7 @@ def build_training_run(job: Job, pseudo: PseudoLabels | None = None) -> Training
     cfg.head = resolve_head(cfg.criterion, cfg.head)  # stored resolved, so the checkpoint rebuilds the same head
     model = new_model(cfg, pretrained=ckpt is None, train_targets=splits.train.targets,
                       class_names=splits.class_names).to(info.device)
-    if ckpt is None and not cfg.pretrained and (used := init_from_data(model, cfg, splits.class_names)):
+    if ckpt is None and (used := init_from_data(model, cfg, splits.class_names)):
         log.info("%s initialised from %d train images (unaugmented, drawn by --seed)", cfg.model, used)
     choose_speed_settings(cfg, model, info, log)
     if cfg.channels_last:

@@ -15,8 +15,8 @@ The ``_whiten`` variants replace the trained stem by airbench's whitening layer:
 ``_whiten3``: 3x3, padded to keep the input size) whose filters are the principal directions of the training
 images' patches, each scaled to unit variance, in both signs, followed by GELU. The filters are set once from
 training images before the first step and never train (they are a buffer, and there is no bias). Models that want
-such an initialisation say how many images they need in ``init_images`` and take them, normalised as the network
-sees them, in ``init_from_images``.
+such an initialisation say how many images they still need in ``init_images`` and take them, normalised as the
+network sees them, in ``init_from_images``.
 """
 from __future__ import annotations
 
@@ -62,9 +62,20 @@ class WhiteningStem(nn.Module):
         # A buffer, not a parameter: no optimizer, freezer or DDP hook can train it. It keeps its place in the
         # state dict and nn.Conv2d (which FLOP counters and exporters know) reads it as its weight.
         del self.conv.weight
-        units = torch.eye(dims)[:out_chans // 2].view(-1, in_chans, kernel, kernel)
-        self.conv.register_buffer("weight", torch.cat([units, -units]))
+        self.conv.register_buffer("weight", self._unit_filters())
         self.act = nn.GELU()
+
+    def _unit_filters(self) -> torch.Tensor:
+        """The filters before ``fit``: the first out_chans / 2 unit patches, in both signs."""
+        c, k, n = self.conv.in_channels, self.conv.kernel_size[0], self.conv.out_channels // 2
+        units = torch.eye(c * k * k)[:n].view(n, c, k, k)
+        return torch.cat([units, -units])
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the filters came from data (``fit``, or loaded weights of a fitted stem): any image set gives other
+        filters than the unit patches, even white noise (scaled by 1 / sqrt(1 + eps))."""
+        return not torch.equal(self.conv.weight.cpu(), self._unit_filters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv(x))
@@ -124,7 +135,13 @@ class AirbenchNet(nn.Module):
                                       *[ConvGroup(c_in, c_out, convs) for c_in, c_out in zip(chans, chans[1:])])
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(widths[-1], num_classes)
-        self.init_images = 5000 if whiten else 0  # airbench fits its whitening on 5,000 training images
+
+    @property
+    def init_images(self) -> int:
+        """How many training images the network still needs: airbench fits its whitening on 5,000; none for a trained
+        stem or a whitening stem already fitted (e.g. loaded with --pretrained weights)."""
+        stem = self.features[0]
+        return 5000 if isinstance(stem, WhiteningStem) and not stem.fitted else 0
 
     def init_from_images(self, images: torch.Tensor) -> None:
         """Fit the whitening stem to normalised training images (N, C, H, W); nothing to do for a trained stem."""

@@ -308,8 +308,14 @@ def test_whitened_airbench_asks_for_init_images_and_counts_its_stem() -> None:
     # output pixel, 27 x 27 of them at 28 px
     assert count_macs(model.features[0], (28, 28)) == 24 * 12 * 27 * 27
     before = model.features[0].conv.weight.clone()
+    assert not model.features[0].fitted
     model.init_from_images(torch.randn(50, 3, 28, 28))
     assert not torch.equal(model.features[0].conv.weight, before)
+    # fitted (or loaded from a fitted stem's weights): nothing more to ask for
+    assert model.features[0].fitted and model.init_images == 0
+    reloaded = models.build_model("airbench_m_whiten", num_classes=NUM_CLASSES)
+    reloaded.load_state_dict(model.state_dict())
+    assert reloaded.init_images == 0
 
 
 def test_prior_bias_without_bias_fails_clearly() -> None:

@@ -212,3 +212,24 @@ def test_whitening_stem_is_fitted_once_from_train_images_and_never_trained(tiny_
     entry.run_command(["--evaluation", "--resume", str(tmp_path / "ck/white/best.pth"), "--split", "val", "-j", "0",
                        "--output", str(tmp_path / "eval")])
     assert json.loads((tmp_path / "eval/report.json").read_text())["samples"] == 40
+
+
+def test_pretrained_weights_keep_a_fitted_whitening_stem_and_a_missing_one_is_fitted(tiny_digits, tmp_path):
+    """--pretrained into airbench_m_whiten: a file with a fitted stem keeps it (no refit from this run's images);
+    a plain airbench_m file has no stem to give, so the run fits it as a new run does, and loads the rest."""
+    donor = models.build_model("airbench_m_whiten", num_classes=10)
+    donor.init_from_images(torch.randn(64, 3, 32, 32))
+    torch.save(donor.state_dict(), tmp_path / "whitened.pth")
+    plain = models.build_model("airbench_m", num_classes=10)
+    torch.save(plain.state_dict(), tmp_path / "plain.pth")
+    for name, file in ("keep", "whitened.pth"), ("fit", "plain.pth"):
+        entry.run_command(base_args(tiny_digits, tmp_path, name) + ["--model", "airbench_m_whiten", "--epochs", "1",
+                                                                    "--pretrained", str(tmp_path / file)])
+    kept = load_checkpoint(tmp_path / "ck/keep/last.pth")
+    torch.testing.assert_close(kept.model["features.0.conv.weight"], donor.features[0].conv.weight, rtol=0, atol=0)
+    assert "initialised from" not in (tmp_path / "ck/keep/train.log").read_text()
+    fit = load_checkpoint(tmp_path / "ck/fit/last.pth")
+    fresh = models.build_model("airbench_m_whiten", num_classes=10)
+    init_from_data(fresh, Config.from_dict(fit.config), fit.class_names)
+    torch.testing.assert_close(fit.model["features.0.conv.weight"], fresh.features[0].conv.weight, rtol=0, atol=0)
+    assert "airbench_m_whiten initialised from" in (tmp_path / "ck/fit/train.log").read_text()

@@ -16,7 +16,7 @@ from engine.components import loader_for, split_dataset_of
 from engine.inference import ensemble_weights, evaluation_report, gather_probs, load_member, resume_paths
 from engine.job import open_job, resolve_config
 from utils.errors import UsageError
-from utils.metrics import classification_report, predicted_labels, write_report
+from utils.metrics import classification_report, percent_text, predicted_labels, write_report
 
 MISSING = "--evaluation needs --resume CKPT (a best.pth or last.pth written by training)"
 
@@ -96,7 +96,7 @@ def log_and_write(report: dict, class_names: list[str], out_dir: Path, cfg: Conf
         expected = f"; split conformal expects {100 * expected[0]:.2f}-{100 * expected[1]:.2f}%" if expected else ""
         log.info("calibrated answers: 'unknown' below %.4f accepts %.2f%% of %s with top-1 %s; conformal sets (alpha "
                  "%g) cover %.2f%% (95%% interval %.2f-%.2f%%, target %.0f%%%s) with %.2f classes on average",
-                 cal["threshold"], 100 * cal["accepted"], cfg.split, _percent(cal["accepted_top1"]), cal["alpha"],
+                 cal["threshold"], 100 * cal["accepted"], cfg.split, percent_text(cal["accepted_top1"]), cal["alpha"],
                  100 * cal["set_coverage"], 100 * cal["set_coverage_ci95"][0], 100 * cal["set_coverage_ci95"][1],
                  100 * cal["set_target"], expected, cal["set_mean_size"])
     if "ood" in report:
@@ -106,10 +106,6 @@ def log_and_write(report: dict, class_names: list[str], out_dir: Path, cfg: Conf
         log.info("out of distribution (%d images of %s): AUROC %.4f, false positives at 95%% true positives %.2f%%%s",
                  ood["images"], ood["data"], ood["auroc"], 100 * ood["fpr_at_95_tpr"], unknown)
     log.info("report written to %s", ", ".join(str(p) for p in paths))
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}%"
 
 
 def _four(value: float | None) -> str:

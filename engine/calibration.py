@@ -20,6 +20,7 @@ from utils.calibration import (Calibration, coverage_threshold, conformal_quanti
 from utils.checkpoint import Checkpoint
 from utils.distributed import DistInfo
 from utils.errors import UsageError
+from utils.metrics import percent_text
 from utils.metrics import calibration as reliability
 from utils.metrics import plot_reliability
 
@@ -76,10 +77,6 @@ def describe_report(report: dict) -> str:
             f"images); on the other {report['held_out_images']}: ECE {100 * report['ece_before']:.2f}% -> "
             f"{100 * report['ece_after']:.2f}%, NLL {report['nll_before']:.4f} -> {report['nll_after']:.4f}; "
             f"'unknown' below {cal.threshold:.4f} accepts {100 * held['accepted']:.1f}% with top-1 "
-            f"{_percent(held['accepted_top1'])}; conformal sets (alpha {cal.alpha:g}, classes with p >= "
+            f"{percent_text(held['accepted_top1'])}; conformal sets (alpha {cal.alpha:g}, classes with p >= "
             f"{1 - cal.qhat:.4f}) cover {100 * held['set_coverage']:.1f}% with {held['set_mean_size']:.2f} classes "
             "on average")
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}%"

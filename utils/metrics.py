@@ -119,6 +119,11 @@ def ood_metrics(probs: torch.Tensor, ood_probs: torch.Tensor, calibration=None) 
     return out
 
 
+def percent_text(value: float | None) -> str:
+    """A percentage for a log line: '94.12%', or 'n/a' where there was nothing to measure."""
+    return "n/a" if value is None else f"{value:.2f}%"
+
+
 def _mean_defined(values: list) -> float | None:
     defined = [v for v in values if v is not None]
     return float(np.mean(defined)) if defined else None

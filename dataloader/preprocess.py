@@ -191,14 +191,8 @@ def letterbox_resize(image: np.ndarray, size: tuple[int, int], pad_value: int = 
     """
     out_h, out_w = int(size[0]), int(size[1])
     h, w = image.shape[:2]
-    top, left, new_h, new_w, scale = letterbox_geometry(h, w, size)
-    if (new_h, new_w) != (h, w):
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
-        if image.ndim == 3 and resized.ndim == 2:  # cv2 drops a single channel axis
-            resized = resized[:, :, None]
-    else:
-        resized = image
+    top, left, new_h, new_w, _ = letterbox_geometry(h, w, size)
+    resized = _resize(image, new_h, new_w)  # one scale for both sides: shrinking iff the area shrinks
     if (new_h, new_w) == (out_h, out_w):
         return np.ascontiguousarray(resized)
     canvas = np.full((out_h, out_w) + image.shape[2:], pad_value, dtype=image.dtype)

@@ -20,9 +20,8 @@ from utils.calibration import (Calibration, coverage_threshold, conformal_quanti
 from utils.checkpoint import Checkpoint
 from utils.distributed import DistInfo
 from utils.errors import UsageError
-from utils.metrics import percent_text
 from utils.metrics import calibration as reliability
-from utils.metrics import plot_reliability
+from utils.metrics import percent_text, plot_reliability
 
 MIN_IMAGES = 20  # below this a quantile and a temperature are noise
 

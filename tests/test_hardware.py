@@ -7,8 +7,8 @@ from dataloader import ImageClassificationDataset
 from engine.job import open_job
 from models import build_model
 from utils import hardware
-from utils.hardware import (choose_amp, choose_channels_last, choose_inference_amp, cpu_has_native_bf16,
-                            describe_hardware)
+from utils.hardware import (choose_amp, choose_channels_last, choose_inference_amp, choose_matmul_dtype,
+                            cpu_has_native_bf16, describe_hardware)
 
 CPU = torch.device("cpu")
 
@@ -31,6 +31,14 @@ def test_inference_amp_follows_the_training_precision_where_native():
     assert choose_inference_amp(None, None, CPU) is False
     assert choose_inference_amp(None, True, CPU) == cpu_has_native_bf16()
     assert choose_inference_amp(True, False, CPU) is True and choose_inference_amp(False, True, CPU) is False
+
+
+def test_matmul_dtype_is_bf16_only_where_it_is_native(monkeypatch):
+    """An optimizer's own matmuls (Muon's Newton-Schulz) take bf16 on CUDA and on CPUs with native bf16 only."""
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+        assert choose_matmul_dtype(CPU) == expected
+        assert choose_matmul_dtype(torch.device("cuda")) == torch.bfloat16
 
 
 def test_predict_jobs_keep_an_fp32_models_precision_on_a_native_bf16_cpu(monkeypatch):

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import pytest
+import timm.optim.muon
 import torch
 from torch import nn
 
@@ -14,6 +15,7 @@ import main as entry
 from config import build_parser
 from optim import OPTIMIZERS, build_optimizer, build_scheduler, param_groups, scale_lr_by_batch
 from optim.adabound import AdaBound
+from utils import hardware
 from utils.checkpoint import load_checkpoint
 
 
@@ -253,6 +255,35 @@ def test_muon_orthogonalises_convolution_updates_and_leaves_norms_to_adamw():
     expected = LRS["muon"] * 0.2 * 27 ** 0.5
     assert torch.allclose(singular, torch.full_like(singular, expected), rtol=0.1), (singular, expected)
     assert gradient.min() < 0.5 * gradient.max(), gradient
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_muon_runs_newton_schulz_in_fp32_where_bf16_is_emulated(monkeypatch, native_bf16):
+    """timm runs Newton-Schulz in bf16; where the CPU has no native bf16 ours runs it in fp32 (faster there, and
+    more exact): a conv's first step from rest is -lr * 0.2 * sqrt(27) times the orthogonalised gradient, which
+    matches the float64 iteration to 1e-4 in fp32 but not in bf16. timm's module is left as it was."""
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native_bf16)
+    dtypes = []
+    iteration = timm.optim.muon.zeropower_via_newtonschulz
+
+    def spy(*args, **kwargs):
+        dtypes.append(kwargs.get("dtype", torch.bfloat16))
+        return iteration(*args, **kwargs)
+
+    monkeypatch.setattr(timm.optim.muon, "zeropower_via_newtonschulz", spy)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 3))
+    optimizer = make_optimizer(model, "muon", lookahead=False, weight_decay=0.0)
+    conv = model[0].weight
+    before = conv.detach().clone()
+    train_steps(model, optimizer, torch.randn(16, 3, 8, 8), torch.randint(0, 3, (16,)), 1)
+    assert dtypes == [torch.bfloat16 if native_bf16 else torch.float32]
+    assert timm.optim.muon.zeropower_via_newtonschulz is spy
+    step = (before - conv.detach()).reshape(8, -1) / (LRS["muon"] * 0.2 * 27 ** 0.5)
+    exact = iteration(conv.grad.reshape(8, -1).double(), 5, timm.optim.muon.resolve_ns_coefficients(
+        "quintic", timm.optim.muon._COEFFICIENTS), dtype=torch.float64).float()
+    error = ((step - exact).norm() / exact.norm()).item()
+    assert (error > 1e-3) if native_bf16 else (error < 1e-4), error
 
 
 def test_muon_run_resumes_bit_identically(tiny_digits, tmp_path):

@@ -83,8 +83,8 @@ class Muon(timm.optim.Muon):
     update rule are timm's; only the iteration's precision follows the hardware."""
 
     def step(self, closure=None):
-        devices = [p.device for group in self.param_groups for p in group["params"]]
-        dtype = choose_matmul_dtype(devices[0]) if devices else torch.bfloat16
+        first = next((p for group in self.param_groups for p in group["params"]), None)
+        dtype = choose_matmul_dtype(first.device) if first is not None else torch.bfloat16
         if dtype == torch.bfloat16:  # timm's own default
             return super().step(closure)
         timm_iteration = timm.optim.muon.zeropower_via_newtonschulz

@@ -80,15 +80,19 @@ def _novograd(params, *, lr: float, weight_decay: float, momentum: float) -> tor
 class Muon(timm.optim.Muon):
     """timm's Muon with its Newton-Schulz iteration in the dtype of ``choose_matmul_dtype``: timm 1.0.31 always
     runs it in bf16, which a CPU without native bf16 emulates at over three times fp32's cost. The state and
-    update rule are timm's; only the iteration's precision follows the hardware."""
+    update rule are timm's; only the iteration's precision follows the hardware, chosen once from the parameters'
+    device."""
+
+    def __init__(self, params, **kwargs) -> None:
+        super().__init__(params, **kwargs)
+        first = next(p for group in self.param_groups for p in group["params"])  # torch refuses an empty list
+        self.newton_schulz_dtype = choose_matmul_dtype(first.device)
 
     def step(self, closure=None):
-        first = next((p for group in self.param_groups for p in group["params"]), None)
-        dtype = choose_matmul_dtype(first.device) if first is not None else torch.bfloat16
-        if dtype == torch.bfloat16:  # timm's own default
+        if self.newton_schulz_dtype == torch.bfloat16:  # timm's own default
             return super().step(closure)
         timm_iteration = timm.optim.muon.zeropower_via_newtonschulz
-        timm.optim.muon.zeropower_via_newtonschulz = functools.partial(timm_iteration, dtype=dtype)
+        timm.optim.muon.zeropower_via_newtonschulz = functools.partial(timm_iteration, dtype=self.newton_schulz_dtype)
         try:
             return super().step(closure)
         finally:

@@ -55,8 +55,7 @@ def choose_matmul_dtype(device: torch.device) -> torch.dtype:
     """The dtype for an optimizer's own matmuls (Muon's Newton-Schulz): bf16 where it runs natively (CUDA, CPUs with
     AVX512-BF16 or AMX), fp32 elsewhere, where bf16 is emulated and slower (airbench_m's Newton-Schulz: about 105 ms a
     step in bf16, 30 ms in fp32 on a 2-thread AVX512 Xeon without bf16) as well as less exact."""
-    native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-    return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if choose_amp(None, device) else torch.float32  # AMP's rule: where low precision is native
 
 
 def speed_cache_file() -> Path:

@@ -132,8 +132,9 @@ def build_model(
     pretrained: path of a local state dict or checkpoint (see models/pretrained.py); tensors whose shape does
         not fit (typically the head of a model trained on another class count) are skipped with a warning.
     prior_bias: probability p in (0, 1), or one per class (None: keep that class's bias); the final layer's bias
-        is set to -log((1 - p) / p) so the class starts at sigmoid probability p ("sample-free" initialisation for sigmoid/BCE training). It is applied
-        before loading weights, so a head that loads from `pretrained` keeps its trained bias.
+        is set to -log((1 - p) / p) so the class starts at sigmoid probability p ("sample-free" initialisation for
+        sigmoid/BCE training). It is applied before loading weights, so a head that loads from `pretrained` keeps
+        its trained bias.
     head, dropout, pooling, cosine_scale: the head options, see `create_model`.
     bn_momentum: the running-statistics momentum of every BatchNorm layer (None: the model's own).
     kwargs: passed to the model's builder (e.g. drop_path_rate for timm models).

@@ -172,9 +172,9 @@ def _load_torchscript(path: Path) -> ExportedModel:
         try:
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         except Exception:  # noqa: BLE001  torch raises RuntimeError or its own C++ errors, with paragraphs of text
-            raise ModelFileError(f"{path} is a zip archive that torch.jit.load cannot read: a training checkpoint must be "
-                            f"exported first (python main.py --jit --resume {path}), a damaged export exported "
-                            "again") from None
+            raise ModelFileError(f"{path} is a zip archive that torch.jit.load cannot read: a training checkpoint "
+                                 f"must be exported first (python main.py --jit --resume {path}), a damaged export "
+                                 "exported again") from None
     class_names, preprocessing = _read_metadata(path, extra["class_names.json"], extra["preprocessing.json"], "--jit")
     meta = json.loads(extra["meta.json"] or "{}")
     if meta.get("optimize_for_inference"):  # checked against eager at export; it cannot be saved optimised
